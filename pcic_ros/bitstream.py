@@ -1,0 +1,207 @@
+"""The pcic container: a versioned header followed by the entropy-coded strings.
+
+Byte layout (format version 1, all integers little-endian; see docs/bitstream.md):
+
+    offset  size  field
+    0       4     magic b"PCIC"
+    4       1     format version (1)
+    5       1     flags: bit 0 = zeros fallback (no scan was used); other bits are 0
+    6       1     quality (1..255)
+    7       1     L = length of the model name (1..64)
+    8       L     model name, ASCII
+    8+L     2     image height (1..MAX_SIDE)
+    10+L    2     image width (1..MAX_SIDE)
+    12+L    2     padded height (multiple of the model's factor, >= height)
+    14+L    2     padded width (multiple of the model's factor, >= width)
+    16+L    8     depth fingerprint: projection.depth_fingerprint of the equalised depth map
+    24+L    4     weights fingerprint: zoo.weights_fingerprint of the model
+    28+L    1     K = number of strings (1..MAX_STRINGS)
+    29+L    4*K   length of each string in bytes
+    29+L+4K 4     CRC-32 of every byte before it and of the payload
+    33+L+4K ...   payload: the K strings, back to back; the file ends exactly there
+
+Any violation raises ``BitstreamError``: the only exception ``unpack`` and ``pcic_ros.codec.Codec.decode``
+raise for bad data. Sizes are checked before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "MAX_SIDE",
+    "MAX_PIXELS",
+    "MAX_STRINGS",
+    "FLAG_ZEROS_FALLBACK",
+    "BitstreamError",
+    "ScanMismatchError",
+    "FrameHeader",
+    "pack",
+    "unpack",
+    "read_header",
+]
+
+MAGIC = b"PCIC"
+FORMAT_VERSION = 1
+#: Largest image side and area a container may describe: bounds the decoder's memory.
+MAX_SIDE = 8192
+MAX_PIXELS = 3840 * 2160
+MAX_STRINGS = 16
+FLAG_ZEROS_FALLBACK = 0x01
+_KNOWN_FLAGS = FLAG_ZEROS_FALLBACK
+_MAX_NAME = 64
+
+
+class BitstreamError(ValueError):
+    """The data is not a valid pcic container for this decoder: truncated, corrupted, foreign, from an
+    unsupported version or model, or coded against another scan, calibration or set of weights."""
+
+
+class ScanMismatchError(BitstreamError):
+    """The frame was coded with a depth map other than the one the decoder holds (another scan or
+    calibration), or the decoder holds no scan for a frame that needs one."""
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """Everything before the payload."""
+
+    model: str
+    quality: int
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    depth_fingerprint: bytes
+    weights_fingerprint: bytes
+    zeros_fallback: bool = False
+    version: int = FORMAT_VERSION
+
+    @property
+    def flags(self) -> int:
+        return FLAG_ZEROS_FALLBACK if self.zeros_fallback else 0
+
+    def validate(self) -> None:
+        """Raise BitstreamError unless every field is in range."""
+        if self.version != FORMAT_VERSION:
+            raise BitstreamError(f"unsupported format version {self.version} (this decoder reads {FORMAT_VERSION})")
+        name = self.model.encode("ascii", errors="replace")
+        if not 1 <= len(name) <= _MAX_NAME:
+            raise BitstreamError(f"model name must be 1..{_MAX_NAME} ASCII characters")
+        if not 1 <= self.quality <= 255:
+            raise BitstreamError(f"quality {self.quality} out of range 1..255")
+        for label, size in (("height", self.height), ("width", self.width)):
+            if not 1 <= size <= MAX_SIDE:
+                raise BitstreamError(f"image {label} {size} out of range 1..{MAX_SIDE}")
+        if self.height * self.width > MAX_PIXELS:
+            raise BitstreamError(f"image of {self.height} x {self.width} exceeds {MAX_PIXELS} pixels")
+        if not (self.height <= self.padded_height <= MAX_SIDE and self.width <= self.padded_width <= MAX_SIDE):
+            raise BitstreamError("padded size smaller than the image or too large")
+        if len(self.depth_fingerprint) != 8 or len(self.weights_fingerprint) != 4:
+            raise BitstreamError("fingerprints must be 8 (depth) and 4 (weights) bytes")
+
+
+_FIXED = struct.Struct("<4sBBBB")
+_SIZES = struct.Struct("<HHHH8s4sB")
+_U32 = struct.Struct("<I")
+
+
+def pack(header: FrameHeader, strings: list[bytes]) -> bytes:
+    """Serialise a header and its strings into one container."""
+    try:
+        header.validate()
+    except BitstreamError as error:
+        raise ValueError(f"cannot pack: {error}") from None
+    if not 1 <= len(strings) <= MAX_STRINGS:
+        raise ValueError(f"1..{MAX_STRINGS} strings expected, got {len(strings)}")
+    name = header.model.encode("ascii")
+    head = bytearray(_FIXED.pack(MAGIC, header.version, header.flags, header.quality, len(name)))
+    head += name
+    head += _SIZES.pack(
+        header.height,
+        header.width,
+        header.padded_height,
+        header.padded_width,
+        header.depth_fingerprint,
+        header.weights_fingerprint,
+        len(strings),
+    )
+    for string in strings:
+        head += _U32.pack(len(string))
+    payload = b"".join(strings)
+    crc = zlib.crc32(payload, zlib.crc32(bytes(head)))
+    return bytes(head) + _U32.pack(crc) + payload
+
+
+def _take(data: bytes | memoryview, offset: int, size: int, what: str) -> tuple[memoryview, int]:
+    if offset + size > len(data):
+        raise BitstreamError(f"truncated: {what} needs {size} bytes at offset {offset}, file has {len(data)}")
+    return memoryview(data)[offset : offset + size], offset + size
+
+
+def _parse(data: bytes | memoryview) -> tuple[FrameHeader, list[int], int, int]:
+    """Header, string lengths, CRC and the offset of the payload."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BitstreamError(f"expected bytes, got {type(data).__name__}")
+    fixed, offset = _take(data, 0, _FIXED.size, "the header")
+    magic, version, flags, quality, name_length = _FIXED.unpack(fixed)
+    if magic != MAGIC:
+        raise BitstreamError(f"not a pcic file (magic {bytes(magic)!r}, expected {MAGIC!r})")
+    if version != FORMAT_VERSION:
+        raise BitstreamError(f"unsupported format version {version} (this decoder reads {FORMAT_VERSION})")
+    if flags & ~_KNOWN_FLAGS:
+        raise BitstreamError(f"unknown flags 0x{flags:02x}")
+    if not 1 <= name_length <= _MAX_NAME:
+        raise BitstreamError(f"model name length {name_length} out of range 1..{_MAX_NAME}")
+    raw_name, offset = _take(data, offset, name_length, "the model name")
+    try:
+        model = bytes(raw_name).decode("ascii")
+    except UnicodeDecodeError:
+        raise BitstreamError("model name is not ASCII") from None
+    sizes, offset = _take(data, offset, _SIZES.size, "the image size and fingerprints")
+    height, width, padded_height, padded_width, depth_fp, weights_fp, count = _SIZES.unpack(sizes)
+    header = FrameHeader(
+        model=model,
+        quality=quality,
+        height=height,
+        width=width,
+        padded_height=padded_height,
+        padded_width=padded_width,
+        depth_fingerprint=bytes(depth_fp),
+        weights_fingerprint=bytes(weights_fp),
+        zeros_fallback=bool(flags & FLAG_ZEROS_FALLBACK),
+        version=version,
+    )
+    header.validate()
+    if not 1 <= count <= MAX_STRINGS:
+        raise BitstreamError(f"string count {count} out of range 1..{MAX_STRINGS}")
+    raw_lengths, offset = _take(data, offset, 4 * count, "the string lengths")
+    lengths = list(struct.unpack(f"<{count}I", raw_lengths))
+    raw_crc, offset = _take(data, offset, 4, "the checksum")
+    return header, lengths, _U32.unpack(raw_crc)[0], offset
+
+
+def read_header(data: bytes) -> FrameHeader:
+    """Parse and validate only the header (for ``pcic info``); the payload is not checked."""
+    return _parse(data)[0]
+
+
+def unpack(data: bytes) -> tuple[FrameHeader, list[bytes]]:
+    """Parse a container, verify its length and checksum, and return the header and the strings."""
+    header, lengths, crc, offset = _parse(data)
+    expected = offset + sum(lengths)
+    if len(data) < expected:
+        raise BitstreamError(f"truncated: header announces {expected} bytes, file has {len(data)}")
+    if len(data) > expected:
+        raise BitstreamError(f"{len(data) - expected} unexpected bytes after the payload")
+    if zlib.crc32(memoryview(data)[offset:], zlib.crc32(memoryview(data)[: offset - 4])) != crc:
+        raise BitstreamError("checksum mismatch: the file is corrupted")
+    strings = []
+    for length in lengths:
+        strings.append(bytes(data[offset : offset + length]))
+        offset += length
+    return header, strings

@@ -1,0 +1,226 @@
+"""The codec API: image + LiDAR scan + calibration <-> pcic container bytes. No ROS needed.
+
+    codec = Codec("hyper-pc", quality=4)
+    data = codec.encode(image, scan, calibration)
+    image_hat = codec.decode(data, scan, calibration)
+
+Both sides project the same scan with the same calibration (``pcic_ros.projection``); only the image
+is coded. The container records the model, quality and size, so any ``Codec`` decodes any file whose
+model is registered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pcic_ros.bitstream import (
+    MAX_PIXELS,
+    MAX_SIDE,
+    BitstreamError,
+    FrameHeader,
+    ScanMismatchError,
+    pack,
+    unpack,
+)
+from pcic_ros.models import PointCloudCompressionModel
+from pcic_ros.projection import Calibration, CalibrationError, depth_fingerprint, equalize_depth, project_points
+from pcic_ros.zoo import MODELS, create_model, weights_fingerprint
+
+__all__ = ["Codec", "EncodedFrame", "ScanError", "default_device", "depth_input"]
+
+
+class ScanError(ValueError):
+    """The scan cannot be used for this frame (wrong shape, or no point lands in the image)."""
+
+
+def default_device() -> str:
+    """'cuda' when a GPU is usable, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """The result of ``Codec.encode_frame``."""
+
+    data: bytes
+    header: FrameHeader
+    reconstruction: np.ndarray
+    """What the decoder will output for ``data``: H x W x 3 uint8."""
+
+    @property
+    def bits_per_pixel(self) -> float:
+        return 8.0 * len(self.data) / (self.header.height * self.header.width)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be H x W x 3 (RGB), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    height, width = image.shape[:2]
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or height * width > MAX_PIXELS:
+        raise ValueError(f"image of {height} x {width} is outside 1..{MAX_SIDE} per side / {MAX_PIXELS} pixels")
+    return image
+
+
+def depth_input(
+    scan: np.ndarray | None, calibration: Calibration | None, height: int, width: int, levels: int
+) -> np.ndarray | None:
+    """The equalised depth map (uint8, H x W) a frame is coded against, or None for the zeros fallback
+    (no scan). Raises ScanError for a malformed scan or one with no point in view, CalibrationError
+    when a scan comes without calibration."""
+    if scan is None:
+        return None
+    if calibration is None:
+        raise CalibrationError("a scan was given without its calibration")
+    scan = np.asarray(scan)
+    if scan.ndim != 2 or scan.shape[1] not in (3, 4) or not np.issubdtype(scan.dtype, np.number):
+        raise ScanError(f"scan must be a numeric N x 3 or N x 4 array, got {scan.dtype} {scan.shape}")
+    equalized = equalize_depth(project_points(scan, calibration, height, width), levels)
+    if not equalized.any():
+        raise ScanError(
+            f"none of the scan's {scan.shape[0]} points lands in the {width} x {height} image; "
+            "pass scan=None to code the frame with the all-zeros fallback"
+        )
+    return equalized
+
+
+class Codec:
+    """Encode and decode frames with one registered model; decoding follows each file's header.
+
+    Args:
+        model: registered model name for encoding (``pcic_ros.zoo.model_names()``).
+        quality: 1..4.
+        device: 'cpu', 'cuda' or None for ``default_device()``.
+        checkpoint: weights to use for ``model``/``quality`` instead of the shipped or untrained ones.
+    """
+
+    def __init__(
+        self,
+        model: str = "hyper-pc",
+        quality: int = 4,
+        device: str | None = None,
+        checkpoint: str | None = None,
+    ) -> None:
+        self.device = torch.device(device or default_device())
+        self.model_name = model
+        self.quality = quality
+        self._checkpoint = checkpoint
+        self._models: dict[tuple[str, int], tuple[PointCloudCompressionModel, bytes]] = {}
+        self._model(model, quality)
+
+    def _model(self, name: str, quality: int) -> tuple[PointCloudCompressionModel, bytes]:
+        key = (name, quality)
+        if key not in self._models:
+            checkpoint = self._checkpoint if key == (self.model_name, self.quality) else None
+            model = create_model(name, quality, checkpoint=checkpoint, device=self.device)
+            self._models[key] = (model, weights_fingerprint(model))
+        return self._models[key]
+
+    @property
+    def model(self) -> PointCloudCompressionModel:
+        return self._model(self.model_name, self.quality)[0]
+
+    def _depth_levels(self, model: PointCloudCompressionModel) -> int:
+        return model.point_cloud.depth_levels if model.point_cloud is not None else 255
+
+    def _c_proj(self, equalized: np.ndarray | None, height: int, width: int, padded: tuple[int, int]) -> torch.Tensor:
+        c_proj = torch.zeros((1, 1, *padded), dtype=torch.float32)
+        if equalized is not None:
+            c_proj[0, 0, :height, :width] = torch.from_numpy(equalized).float().div_(255.0)
+        return c_proj.to(self.device)
+
+    def encode(self, image: np.ndarray, scan: np.ndarray | None, calibration: Calibration | None) -> bytes:
+        """Encode one RGB frame (H x W x 3 uint8) with its scan (N x 3/4, LiDAR frame) and calibration.
+        ``scan=None`` codes the frame with the all-zeros fallback; the decoder then needs no scan."""
+        return self.encode_frame(image, scan, calibration).data
+
+    @torch.inference_mode()
+    def encode_frame(
+        self, image: np.ndarray, scan: np.ndarray | None, calibration: Calibration | None
+    ) -> EncodedFrame:
+        """Like ``encode``, also returning the header and the reconstruction the decoder will produce."""
+        image = _check_image(image)
+        model, weights_fp = self._model(self.model_name, self.quality)
+        height, width = image.shape[:2]
+        factor = model.downsampling_factor
+        padded = (-(-height // factor) * factor, -(-width // factor) * factor)
+        uses_scan = model.scan_at_encoder or model.scan_at_decoder
+        equalized = depth_input(scan, calibration, height, width, self._depth_levels(model)) if uses_scan else None
+        zeros_fallback = uses_scan and equalized is None
+        fingerprint_map = equalized if equalized is not None else np.zeros((height, width), np.uint8)
+        x = torch.tensor(image, device=self.device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        # Replicate padding keeps the padded border cheap to code; it is cropped away after decoding.
+        x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
+        c_proj = self._c_proj(equalized, height, width, padded) if model.branch is not None else None
+        out = model.compress(x, c_proj, reconstruct=True)
+        header = FrameHeader(
+            model=self.model_name,
+            quality=self.quality,
+            height=height,
+            width=width,
+            padded_height=padded[0],
+            padded_width=padded[1],
+            depth_fingerprint=depth_fingerprint(fingerprint_map),
+            weights_fingerprint=weights_fp,
+            zeros_fallback=zeros_fallback,
+        )
+        strings = [s[0] for s in out["strings"]]
+        return EncodedFrame(pack(header, strings), header, _to_image(out["x_hat"], height, width))
+
+    @torch.inference_mode()
+    def decode(
+        self, data: bytes, scan: np.ndarray | None = None, calibration: Calibration | None = None
+    ) -> np.ndarray:
+        """Decode a container to an H x W x 3 uint8 image. ``scan`` and ``calibration`` must be the ones
+        the encoder used (unless the frame used the zeros fallback or the model does not use the scan
+        at the decoder). Raises BitstreamError (or its ScanMismatchError) for any bad input."""
+        header, strings = unpack(data)
+        if header.model not in MODELS:
+            raise BitstreamError(f"unknown model '{header.model}' (this decoder knows {', '.join(sorted(MODELS))})")
+        try:
+            model, weights_fp = self._model(header.model, header.quality)
+        except ValueError as error:
+            raise BitstreamError(f"cannot build model '{header.model}' q{header.quality}: {error}") from None
+        if weights_fp != header.weights_fingerprint:
+            raise BitstreamError(
+                f"coded with other weights of '{header.model}' q{header.quality} "
+                f"({header.weights_fingerprint.hex()}, this decoder has {weights_fp.hex()})"
+            )
+        factor = model.downsampling_factor
+        if header.padded_height % factor or header.padded_width % factor:
+            raise BitstreamError(f"padded size is not a multiple of {factor}")
+        if header.padded_height - header.height >= factor or header.padded_width - header.width >= factor:
+            raise BitstreamError("padding larger than the model needs")
+        c_proj = None
+        if model.branch is not None:
+            equalized = None
+            if model.scan_at_decoder and not header.zeros_fallback:
+                if scan is None:
+                    raise ScanMismatchError("this frame was coded with a LiDAR scan: pass the same scan and calibration")
+                try:
+                    equalized = depth_input(scan, calibration, header.height, header.width, self._depth_levels(model))
+                except (ScanError, CalibrationError) as error:
+                    raise ScanMismatchError(f"the decoder's scan is unusable: {error}") from None
+                if depth_fingerprint(equalized) != header.depth_fingerprint:
+                    raise ScanMismatchError(
+                        "the decoder's depth map differs from the encoder's (another scan or calibration)"
+                    )
+            c_proj = self._c_proj(equalized, header.height, header.width, (header.padded_height, header.padded_width))
+        shape = (header.padded_height // factor, header.padded_width // factor)
+        try:
+            out = model.decompress([[s] for s in strings], shape, c_proj)
+        except (RuntimeError, ValueError) as error:
+            raise BitstreamError(f"entropy decoding failed: {error}") from None
+        return _to_image(out["x_hat"], header.height, header.width)
+
+
+def _to_image(x_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """1 x 3 x H' x W' float in [0, 1] -> cropped H x W x 3 uint8."""
+    pixels = x_hat[0, :, :height, :width].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 0).contiguous().cpu().numpy()

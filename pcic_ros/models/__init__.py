@@ -1,0 +1,6 @@
+"""The codec models: CompressAI-style compression models with an optional point-cloud branch."""
+
+from pcic_ros.models.base import PointCloudCompressionModel
+from pcic_ros.models.hyper import ScaleHyperprior
+
+__all__ = ["PointCloudCompressionModel", "ScaleHyperprior"]

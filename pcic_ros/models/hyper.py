@@ -1,0 +1,122 @@
+"""HYPER (Balle et al. 2018, scale hyperprior) and HYPER-PC (the same codec with the point-cloud branch)."""
+
+from __future__ import annotations
+
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN, conv3x3
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from pcic_ros.models.base import PointCloudCompressionModel
+from pcic_ros.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig, PointCloudFeatures
+
+__all__ = ["ScaleHyperprior"]
+
+
+class ScaleHyperprior(PointCloudCompressionModel):
+    """Balle 2018's scale hyperprior, optionally with the point-cloud branch (HYPER-PC).
+
+    Without ``point_cloud`` the layers are those of CompressAI's ``bmshj2018-hyperprior``. With it:
+    c1 (H), c2 (H/2), c3 (H/4) are concatenated to the inputs of the analysis layers at those scales
+    and to the synthesis layers that run at them (the last synthesis step then ends in a 3x3
+    convolution over [features, c1] instead of a transposed convolution to RGB), and the Hyper Refiner
+    turns [h_s(z_hat), c_hyper] into the scales of the Gaussian conditional (eq. 9-13). HYPER's entropy
+    parameters are scales only (zero mean), so the refiner outputs scales.
+    """
+
+    def __init__(self, N: int = 96, M: int = 144, point_cloud: PointCloudConfig | None = None) -> None:
+        super().__init__(point_cloud)
+        pc = point_cloud
+        c = pc.channels if pc is not None else 0
+        fg_a = pc is not None and pc.fg_analysis
+        fg_s = pc is not None and pc.fg_synthesis
+        ca, cs = (c if fg_a else 0), (c if fg_s else 0)
+
+        self.g_a = ConditionedSequential(
+            [conv(3 + ca, N), GDN(N), conv(N + ca, N), GDN(N), conv(N + ca, N), GDN(N), conv(N, M)],
+            [0, None, 1, None, 2, None, None] if fg_a else [None] * 7,
+        )
+        if fg_s:
+            self.g_s = ConditionedSequential(
+                [
+                    deconv(M, N), GDN(N, inverse=True),
+                    deconv(N, N), GDN(N, inverse=True),
+                    deconv(N + cs, N), GDN(N, inverse=True),
+                    deconv(N + cs, cs), GDN(cs, inverse=True),
+                    conv3x3(2 * cs, 3),
+                ],
+                [None, None, None, None, 2, None, 1, None, 0],
+            )
+        else:
+            self.g_s = ConditionedSequential(
+                [
+                    deconv(M, N), GDN(N, inverse=True),
+                    deconv(N, N), GDN(N, inverse=True),
+                    deconv(N, N), GDN(N, inverse=True),
+                    deconv(N, 3),
+                ],
+                [None] * 7,
+            )
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.ReLU(inplace=True),
+            conv(N, N), nn.ReLU(inplace=True),
+            conv(N, N),
+        )
+        self.h_s = nn.Sequential(
+            deconv(N, N), nn.ReLU(inplace=True),
+            deconv(N, N), nn.ReLU(inplace=True),
+            conv(N, M, stride=1, kernel_size=3), nn.ReLU(inplace=True),
+        )
+        self.refiner = (
+            HyperRefiner(M, pc.hyper_channels if pc.ff else 0, final=nn.ReLU(inplace=True)) if pc is not None else None
+        )
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        self.N, self.M = int(N), int(M)
+
+    def _scales(self, z_hat: Tensor, features: PointCloudFeatures | None) -> Tensor:
+        scales = self.h_s(z_hat)
+        if self.refiner is not None:
+            scales = self.refiner(scales, features.c_hyper if features is not None else None)
+        return scales
+
+    def forward(self, x: Tensor, c_proj: Tensor | None = None) -> dict:
+        features = self.training_features(c_proj)
+        y = self.g_a(x, features)
+        z = self.h_a(y.abs())
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales = self._scales(z_hat, features)
+        y_hat, y_likelihoods = self.gaussian_conditional(y, scales)
+        x_hat = self.g_s(y_hat, features)
+        return {
+            "x_hat": x_hat,
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
+            "c_pre": features.c_pre if features is not None else None,
+        }
+
+    def compress(self, x: Tensor, c_proj: Tensor | None = None, reconstruct: bool = False) -> dict:
+        """Entropy-code x. With ``reconstruct`` also return the decoder's x_hat, computed from the same
+        dequantised symbols the decoder will see (so the two are identical)."""
+        # With reconstruct the synthesis needs its features too: run the branch once for both sides.
+        features = self.training_features(c_proj) if reconstruct else self.encoder_features(c_proj)
+        y = self.g_a(x, features)
+        z = self.h_a(y.abs())
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+        indexes = self.gaussian_conditional.build_indexes(self._scales(z_hat, features))
+        y_strings = self.gaussian_conditional.compress(y, indexes)
+        out = {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
+        if reconstruct:
+            symbols = self.gaussian_conditional.quantize(y, "symbols")
+            y_hat = self.gaussian_conditional.dequantize(symbols).to(z_hat.dtype)
+            out["x_hat"] = self.g_s(y_hat, features).clamp_(0, 1)
+        return out
+
+    def decompress(self, strings: list, shape: tuple[int, int], c_proj: Tensor | None = None) -> dict:
+        if len(strings) != 2:
+            raise ValueError(f"{type(self).__name__} expects 2 strings (y, z), got {len(strings)}")
+        features = self.decoder_features(c_proj)
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        indexes = self.gaussian_conditional.build_indexes(self._scales(z_hat, features))
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
+        return {"x_hat": self.g_s(y_hat, features).clamp_(0, 1)}

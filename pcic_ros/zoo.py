@@ -1,0 +1,130 @@
+"""Model registry: a name (as written in every bitstream) -> model class and configuration.
+
+Like CompressAI's zoo, a model is asked for by name and quality. Quality q in 1..4 is the model trained
+with lambda = QUALITY_LAMBDAS[q] (MSE, the paper's four rate points). Weights come from a checkpoint
+(``pcic_ros/checkpoints/<name>-q<quality>.pt`` when shipped, or a path); without one the model is
+initialised from a seed derived from its name and quality, so that an encoder and a decoder in other
+processes build the very same untrained model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pcic_ros.models import PointCloudCompressionModel, ScaleHyperprior
+from pcic_ros.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
+
+__all__ = [
+    "QUALITY_LAMBDAS",
+    "ModelSpec",
+    "MODELS",
+    "register_model",
+    "model_names",
+    "create_model",
+    "checkpoint_path",
+    "weights_fingerprint",
+    "CHECKPOINT_DIR",
+]
+
+QUALITY_LAMBDAS: dict[int, float] = {1: 0.004, 2: 0.008, 3: 0.016, 4: 0.032}
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one registered model."""
+
+    name: str
+    factory: Callable[..., PointCloudCompressionModel]
+    kwargs: dict = field(default_factory=dict)
+    description: str = ""
+
+    def build(self) -> PointCloudCompressionModel:
+        return self.factory(**self.kwargs)
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in MODELS:
+        raise ValueError(f"model '{spec.name}' is already registered")
+    if not spec.name.isascii() or len(spec.name) > 64:
+        raise ValueError("model names are ASCII, at most 64 characters (they are written in bitstreams)")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def model_names() -> list[str]:
+    return sorted(MODELS)
+
+
+register_model(ModelSpec("hyper", ScaleHyperprior, {}, "Balle 2018 scale hyperprior (HYPER)"))
+for _ablation in ABLATIONS:
+    _name = "hyper-pc" if _ablation == "full" else f"hyper-pc-{_ablation}"
+    register_model(
+        ModelSpec(
+            _name,
+            ScaleHyperprior,
+            {"point_cloud": ablation_config(_ablation, PointCloudConfig())},
+            f"HYPER with the point-cloud branch ({_ablation})",
+        )
+    )
+
+
+def checkpoint_path(name: str, quality: int) -> Path:
+    """Where the shipped checkpoint of a model and quality lives (it may not exist)."""
+    return CHECKPOINT_DIR / f"{name}-q{quality}.pt"
+
+
+def _seed(name: str, quality: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{name}/q{quality}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> bytes:
+    """4-byte fingerprint of every parameter and buffer (CDF tables included); bitstreams carry it so
+    that a decoder with other weights refuses instead of decoding garbage."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()[:4]
+
+
+def create_model(
+    name: str,
+    quality: int = 4,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = True,
+    device: str | torch.device = "cpu",
+) -> PointCloudCompressionModel:
+    """Build a registered model in eval mode with its entropy coder's CDF tables ready.
+
+    Args:
+        name: a registered name (see ``model_names()``).
+        quality: 1..4 (lambda = QUALITY_LAMBDAS[quality]).
+        checkpoint: a checkpoint file to load; by default the shipped one when it exists.
+        pretrained: when False, or when no checkpoint exists, use the seeded untrained weights.
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model '{name}'; registered: {', '.join(model_names())}")
+    if quality not in QUALITY_LAMBDAS:
+        raise ValueError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {quality}")
+    spec = MODELS[name]
+    if checkpoint is None and pretrained and checkpoint_path(name, quality).is_file():
+        checkpoint = checkpoint_path(name, quality)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(name, quality))
+        model = spec.build()
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state_dict = state.get("state_dict", state)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    else:
+        model.update(force=True)
+    return model.eval().to(device)
