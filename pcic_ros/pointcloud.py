@@ -49,9 +49,10 @@ class PointCloudConfig:
     fg_synthesis: bool = True
     ff: bool = True
     zeros_input: bool = False
-    channels: int = 32
+    # Widths are the paper's structure at CPU-friendly sizes: c1 and PIP run at full resolution.
+    channels: int = 16
     hyper_channels: int = 64
-    pip_channels: int = 32
+    pip_channels: int = 16
     depth_levels: int = 255
 
     @property

@@ -1,0 +1,110 @@
+"""Data loaders for the KITTI family: camera image + LiDAR scan + calibration, per frame.
+
+Three on-disk layouts are read (see ../shared/data/README.md); each works on the full downloads too:
+
+- KITTI raw: ``<root>/<date>/calib_cam_to_cam.txt``, ``calib_velo_to_cam.txt`` and
+  ``<date>/<drive>/image_02/data/*.png`` with ``velodyne_points/data/*.bin``.
+- KITTI 3D object: ``<root>/training/{image_2,velodyne,calib}`` (and ``testing``).
+- KITTI-360 frames converted to the object layout: read as KITTI object.
+
+A frame's ``sequence`` names the recording it comes from (the drive for KITTI raw, the folder for the
+object layouts), so that splits never put frames of one sequence on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pcic_ros.projection import Calibration
+
+__all__ = ["Frame", "load_image", "load_scan", "discover_frames", "DataError"]
+
+
+class DataError(ValueError):
+    """A data folder, image or scan is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera frame with its scan and calibration."""
+
+    name: str
+    layout: str
+    sequence: str
+    image_path: Path
+    scan_path: Path
+    calibration_path: Path
+
+    def image(self) -> np.ndarray:
+        return load_image(self.image_path)
+
+    def scan(self) -> np.ndarray:
+        return load_scan(self.scan_path)
+
+    def calibration(self) -> Calibration:
+        if self.layout == "kitti_raw":
+            return Calibration.from_kitti_raw(self.calibration_path)
+        return Calibration.from_kitti_object(self.calibration_path)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as H x W x 3 uint8 RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def load_scan(path: str | Path) -> np.ndarray:
+    """A KITTI Velodyne .bin file: float32 x, y, z, reflectance, as an N x 4 array."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"scan not found: {path}")
+    raw = np.fromfile(path, dtype="<f4")
+    if raw.size % 4:
+        raise DataError(f"{path}: {raw.size * 4} bytes is not a whole number of 16-byte points")
+    return raw.reshape(-1, 4)
+
+
+def _kitti_raw_frames(date_dir: Path) -> Iterator[Frame]:
+    for drive in sorted(p for p in date_dir.iterdir() if (p / "image_02" / "data").is_dir()):
+        for image_path in sorted((drive / "image_02" / "data").glob("*.png")):
+            scan_path = drive / "velodyne_points" / "data" / f"{image_path.stem}.bin"
+            if scan_path.is_file():
+                yield Frame(image_path.stem, "kitti_raw", drive.name, image_path, scan_path, date_dir)
+
+
+def _kitti_object_frames(split_dir: Path, layout: str, sequence: str) -> Iterator[Frame]:
+    for image_path in sorted((split_dir / "image_2").glob("*.png")):
+        scan_path = split_dir / "velodyne" / f"{image_path.stem}.bin"
+        calib_path = split_dir / "calib" / f"{image_path.stem}.txt"
+        if scan_path.is_file() and calib_path.is_file():
+            yield Frame(image_path.stem, layout, sequence, image_path, scan_path, calib_path)
+
+
+def discover_frames(root: str | Path) -> list[Frame]:
+    """Every frame with image, scan and calibration below ``root``, in a stable order.
+
+    ``root`` may be a folder holding several datasets (like ../shared/data), one dataset, a KITTI raw
+    date folder, or an object-layout split folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    frames: list[Frame] = []
+    for calib in sorted(root.rglob("calib_cam_to_cam.txt")):
+        frames.extend(_kitti_raw_frames(calib.parent))
+    for image_dir in sorted(root.rglob("image_2")):
+        split_dir = image_dir.parent
+        # KITTI-360 in object layout reads exactly like KITTI object; the folder names the sequence.
+        sequence = split_dir.relative_to(root.parent).as_posix()
+        frames.extend(_kitti_object_frames(split_dir, "kitti_object", sequence))
+    if not frames:
+        raise DataError(f"no KITTI frames (image + scan + calibration) found below {root}")
+    return frames
