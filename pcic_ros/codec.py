@@ -141,9 +141,7 @@ class Codec:
         return self.encode_frame(image, scan, calibration).data
 
     @torch.inference_mode()
-    def encode_frame(
-        self, image: np.ndarray, scan: np.ndarray | None, calibration: Calibration | None
-    ) -> EncodedFrame:
+    def encode_frame(self, image: np.ndarray, scan: np.ndarray | None, calibration: Calibration | None) -> EncodedFrame:
         """Like ``encode``, also returning the header and the reconstruction the decoder will produce."""
         image = _check_image(image)
         model, weights_fp = self._model(self.model_name, self.quality)
@@ -174,9 +172,7 @@ class Codec:
         return EncodedFrame(pack(header, strings), header, _to_image(out["x_hat"], height, width))
 
     @torch.inference_mode()
-    def decode(
-        self, data: bytes, scan: np.ndarray | None = None, calibration: Calibration | None = None
-    ) -> np.ndarray:
+    def decode(self, data: bytes, scan: np.ndarray | None = None, calibration: Calibration | None = None) -> np.ndarray:
         """Decode a container to an H x W x 3 uint8 image. ``scan`` and ``calibration`` must be the ones
         the encoder used (unless the frame used the zeros fallback or the model does not use the scan
         at the decoder). Raises BitstreamError (or its ScanMismatchError) for any bad input."""
@@ -202,7 +198,9 @@ class Codec:
             equalized = None
             if model.scan_at_decoder and not header.zeros_fallback:
                 if scan is None:
-                    raise ScanMismatchError("this frame was coded with a LiDAR scan: pass the same scan and calibration")
+                    raise ScanMismatchError(
+                        "this frame was coded with a LiDAR scan: pass the same scan and calibration"
+                    )
                 try:
                     equalized = depth_input(scan, calibration, header.height, header.width, self._depth_levels(model))
                 except (ScanError, CalibrationError) as error:

@@ -39,10 +39,14 @@ class ScaleHyperprior(PointCloudCompressionModel):
         if fg_s:
             self.g_s = ConditionedSequential(
                 [
-                    deconv(M, N), GDN(N, inverse=True),
-                    deconv(N, N), GDN(N, inverse=True),
-                    deconv(N + cs, N), GDN(N, inverse=True),
-                    deconv(N + cs, cs), GDN(cs, inverse=True),
+                    deconv(M, N),
+                    GDN(N, inverse=True),
+                    deconv(N, N),
+                    GDN(N, inverse=True),
+                    deconv(N + cs, N),
+                    GDN(N, inverse=True),
+                    deconv(N + cs, cs),
+                    GDN(cs, inverse=True),
                     conv3x3(2 * cs, 3),
                 ],
                 [None, None, None, None, 2, None, 1, None, 0],
@@ -50,22 +54,30 @@ class ScaleHyperprior(PointCloudCompressionModel):
         else:
             self.g_s = ConditionedSequential(
                 [
-                    deconv(M, N), GDN(N, inverse=True),
-                    deconv(N, N), GDN(N, inverse=True),
-                    deconv(N, N), GDN(N, inverse=True),
+                    deconv(M, N),
+                    GDN(N, inverse=True),
+                    deconv(N, N),
+                    GDN(N, inverse=True),
+                    deconv(N, N),
+                    GDN(N, inverse=True),
                     deconv(N, 3),
                 ],
                 [None] * 7,
             )
         self.h_a = nn.Sequential(
-            conv(M, N, stride=1, kernel_size=3), nn.ReLU(inplace=True),
-            conv(N, N), nn.ReLU(inplace=True),
+            conv(M, N, stride=1, kernel_size=3),
+            nn.ReLU(inplace=True),
+            conv(N, N),
+            nn.ReLU(inplace=True),
             conv(N, N),
         )
         self.h_s = nn.Sequential(
-            deconv(N, N), nn.ReLU(inplace=True),
-            deconv(N, N), nn.ReLU(inplace=True),
-            conv(N, M, stride=1, kernel_size=3), nn.ReLU(inplace=True),
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            conv(N, M, stride=1, kernel_size=3),
+            nn.ReLU(inplace=True),
         )
         self.refiner = (
             HyperRefiner(M, pc.hyper_channels if pc.ff else 0, final=nn.ReLU(inplace=True)) if pc is not None else None

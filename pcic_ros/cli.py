@@ -1,0 +1,137 @@
+"""The ``pcic`` command: encode, decode, info, demo, and the subcommands other modules add.
+
+Each subcommand module exposes ``add_parser(subparsers)`` which registers its parser and sets
+``func`` (a callable taking the parsed arguments and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pcic_ros.bitstream import BitstreamError, read_header
+from pcic_ros.datasets import DataError, load_image, load_scan
+from pcic_ros.projection import Calibration, CalibrationError
+
+__all__ = ["main", "build_parser", "load_calibration"]
+
+#: Modules that add subcommands besides the ones defined here.
+SUBCOMMAND_MODULES: list[str] = ["pcic_ros.demo"]
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """A KITTI raw date folder (calib_cam_to_cam.txt + calib_velo_to_cam.txt) or a KITTI object file."""
+    path = Path(path)
+    if path.is_dir():
+        return Calibration.from_kitti_raw(path)
+    return Calibration.from_kitti_object(path)
+
+
+def _frame_inputs(args: argparse.Namespace) -> tuple[np.ndarray | None, Calibration | None]:
+    if args.scan is None:
+        return None, None
+    if args.calib is None:
+        raise CalibrationError("--scan needs --calib (KITTI raw date folder or KITTI object calib file)")
+    return load_scan(args.scan), load_calibration(args.calib)
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from pcic_ros.codec import Codec
+
+    image = load_image(args.image)
+    scan, calibration = _frame_inputs(args)
+    codec = Codec(args.model, args.quality, device=args.device, checkpoint=args.checkpoint)
+    frame = codec.encode_frame(image, scan, calibration)
+    output = Path(args.output)
+    output.write_bytes(frame.data)
+    fallback = " (all-zeros fallback: no scan)" if frame.header.zeros_fallback else ""
+    print(f"{output}: {len(frame.data)} bytes, {frame.bits_per_pixel:.4f} bpp, {args.model} q{args.quality}{fallback}")
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from pcic_ros.codec import Codec
+
+    data = Path(args.input).read_bytes()
+    header = read_header(data)
+    scan, calibration = _frame_inputs(args)
+    codec = Codec(header.model, header.quality, device=args.device)
+    image = codec.decode(data, scan, calibration)
+    Image.fromarray(image).save(args.output)
+    print(f"{args.output}: {image.shape[1]} x {image.shape[0]} from {header.model} q{header.quality}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    data = Path(args.input).read_bytes()
+    header = read_header(data)
+    pixels = header.height * header.width
+    print(f"file:              {args.input}")
+    print(f"format version:    {header.version}")
+    print(f"model:             {header.model}")
+    print(f"quality:           {header.quality}")
+    print(
+        f"image size:        {header.width} x {header.height} (padded {header.padded_width} x {header.padded_height})"
+    )
+    print(f"zeros fallback:    {'yes (no scan used)' if header.zeros_fallback else 'no'}")
+    print(f"depth fingerprint: {header.depth_fingerprint.hex()}")
+    print(f"weights:           {header.weights_fingerprint.hex()}")
+    print(f"size:              {len(data)} bytes, {8 * len(data) / pixels:.4f} bpp")
+    return 0
+
+
+def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scan", help="LiDAR scan (KITTI .bin, float32 x y z r); omit for the zeros fallback")
+    parser.add_argument("--calib", help="KITTI raw date folder or KITTI object calibration file")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pcic_ros.zoo import model_names
+
+    parser = argparse.ArgumentParser(prog="pcic", description="LiDAR-assisted learned image compression")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    encode = sub.add_parser("encode", help="compress an image (with its LiDAR scan) into a .pcic file")
+    encode.add_argument("image", help="RGB image (PNG, ...)")
+    encode.add_argument("-o", "--output", required=True, help="output .pcic file")
+    encode.add_argument("--model", default="hyper-pc", choices=model_names())
+    encode.add_argument("--quality", type=int, default=4, choices=[1, 2, 3, 4])
+    encode.add_argument("--checkpoint", help="weights file instead of the shipped ones")
+    _add_frame_arguments(encode)
+    encode.set_defaults(func=_encode)
+
+    decode = sub.add_parser("decode", help="decompress a .pcic file to an image")
+    decode.add_argument("input", help=".pcic file")
+    decode.add_argument("-o", "--output", required=True, help="output image (PNG)")
+    _add_frame_arguments(decode)
+    decode.set_defaults(func=_decode)
+
+    info = sub.add_parser("info", help="print the header of a .pcic file")
+    info.add_argument("input")
+    info.set_defaults(func=_info)
+
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # CompressAI calls the deprecated torch.jit.script at import; that is not the user's concern.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (BitstreamError, CalibrationError, DataError, FileNotFoundError, ValueError) as error:
+        print(f"pcic {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""``pcic demo``: the README's main job on the shipped defaults.
+
+Encodes and decodes a handful of real KITTI frames with HYPER-PC and HYPER through real bitstreams,
+codes the same frames with JPEG at a similar rate, prints bpp / PSNR per frame and writes side-by-side
+images (original | HYPER-PC | HYPER | JPEG) to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pcic_ros.anchors import get_anchor
+from pcic_ros.codec import Codec
+from pcic_ros.datasets import DataError, Frame, discover_frames
+from pcic_ros.metrics import psnr
+from pcic_ros.zoo import checkpoint_path
+
+__all__ = ["add_parser", "default_data_dir", "pick_frames", "run_demo", "jpeg_at_rate"]
+
+
+def default_data_dir() -> Path:
+    """$PCIC_DATA, else the ``shared/data`` folder beside the checkout."""
+    if "PCIC_DATA" in os.environ:
+        return Path(os.environ["PCIC_DATA"])
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pick_frames(frames: list[Frame], count: int) -> list[Frame]:
+    """``count`` frames spread over the sequences (one per sequence first), in a fixed order."""
+    by_sequence: dict[str, list[Frame]] = {}
+    for frame in frames:
+        by_sequence.setdefault(frame.sequence, []).append(frame)
+    picked: list[Frame] = []
+    round_index = 0
+    while len(picked) < count and any(round_index < len(v) for v in by_sequence.values()):
+        for sequence_frames in by_sequence.values():
+            step = max(1, len(sequence_frames) // max(1, count))
+            index = round_index * step
+            if index < len(sequence_frames) and len(picked) < count:
+                picked.append(sequence_frames[index])
+        round_index += 1
+    return picked
+
+
+def jpeg_at_rate(image: np.ndarray, target_bytes: int) -> tuple[bytes, int]:
+    """The JPEG encoding whose size is closest to ``target_bytes`` over the JPEG anchor's sweep."""
+    jpeg = get_anchor("jpeg")
+    best: tuple[bytes, int] | None = None
+    for quality in jpeg.qualities:
+        data = jpeg.encode(image, quality)
+        if best is None or abs(len(data) - target_bytes) < abs(len(best[0]) - target_bytes):
+            best = (data, quality)
+    assert best is not None
+    return best
+
+
+def run_demo(data_dir: Path, output_dir: Path, frame_count: int, quality: int, device: str | None) -> list[dict]:
+    frames = pick_frames(discover_frames(data_dir), frame_count)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    codecs = {name: Codec(name, quality, device=device) for name in ("hyper-pc", "hyper")}
+    for name in codecs:
+        if not checkpoint_path(name, quality).is_file():
+            print(f"note: no shipped checkpoint for {name} q{quality}: using untrained (seeded) weights")
+    jpeg = get_anchor("jpeg")
+    rows = []
+    for frame in tqdm(frames, desc="demo frames", unit="frame"):
+        image, scan, calibration = frame.image(), frame.scan(), frame.calibration()
+        pixels = image.shape[0] * image.shape[1]
+        row: dict = {"frame": f"{frame.sequence}/{frame.name}", "size": f"{image.shape[1]}x{image.shape[0]}"}
+        panels = [image]
+        for name, codec in codecs.items():
+            data = codec.encode(image, scan, calibration)
+            decoded = codec.decode(data, scan, calibration)
+            row[name] = (8 * len(data) / pixels, psnr(image, decoded))
+            panels.append(decoded)
+        jpeg_data, _ = jpeg_at_rate(image, int(row["hyper-pc"][0] * pixels / 8))
+        jpeg_decoded = jpeg.decode(jpeg_data)
+        row["jpeg"] = (8 * len(jpeg_data) / pixels, psnr(image, jpeg_decoded))
+        panels.append(jpeg_decoded)
+        Image.fromarray(np.concatenate(panels, axis=0)).save(
+            output_dir / f"{frame.sequence.replace('/', '_')}_{frame.name}.png"
+        )
+        rows.append(row)
+    print(f"\n{'frame':<46} {'size':>9}   {'HYPER-PC bpp/PSNR':>18}   {'HYPER bpp/PSNR':>16}   {'JPEG bpp/PSNR':>15}")
+    for row in rows:
+        cells = "   ".join(f"{row[k][0]:7.3f} /{row[k][1]:6.2f} dB" for k in ("hyper-pc", "hyper", "jpeg"))
+        print(f"{row['frame']:<46} {row['size']:>9}   {cells}")
+    print(f"\nside-by-side images (original | HYPER-PC | HYPER | JPEG, top to bottom) in {output_dir}")
+    return rows
+
+
+def _run(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data) if args.data else default_data_dir()
+    if not data_dir.is_dir():
+        raise DataError(f"no data at {data_dir}: pass --data or set PCIC_DATA")
+    run_demo(data_dir, Path(args.output), args.frames, args.quality, args.device)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="encode/decode a few real frames with HYPER-PC, HYPER and JPEG")
+    parser.add_argument("--data", help="KITTI data folder (default: $PCIC_DATA or ../shared/data)")
+    parser.add_argument("--output", default="out/demo", help="folder for the side-by-side images")
+    parser.add_argument("--frames", type=int, default=4, help="number of frames")
+    parser.add_argument("--quality", type=int, default=4, choices=[1, 2, 3, 4])
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.set_defaults(func=_run)
