@@ -10,6 +10,7 @@ the machine and its load.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from PIL import Image
 from pcic_ros.anchors import ANCHORS, available_anchors
 from pcic_ros.metrics import bits_per_pixel, psnr
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA_DIR = Path(os.environ.get("PCIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 FRAME_GLOB = "kitti_object/training/image_2/*.png"
 
 

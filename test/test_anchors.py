@@ -21,8 +21,8 @@ PSNR_FLOOR_DB = {"4:2:0": 28.0, "4:4:4": 33.0}
 
 
 def _data_dir() -> Path:
-    if "PCIC_DATA_DIR" in os.environ:
-        return Path(os.environ["PCIC_DATA_DIR"])
+    if "PCIC_DATA" in os.environ:
+        return Path(os.environ["PCIC_DATA"])
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -30,7 +30,7 @@ def _data_dir() -> Path:
 def frame() -> np.ndarray:
     path = _data_dir() / FRAME
     if not path.exists():
-        raise FileNotFoundError(f"KITTI frame {path} not found; set PCIC_DATA_DIR to the shared data folder")
+        raise FileNotFoundError(f"KITTI frame {path} not found; set PCIC_DATA to the shared data folder")
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
 
