@@ -6,7 +6,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 venv="$root/.venv"
 stamp="$venv/.pcic-setup-stamp"
-want=$(cat requirements.txt setup.py package.xml scripts/setup.sh msg/*.msg 2>/dev/null | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt setup.py package.xml CMakeLists.txt scripts/setup.sh scripts/build_interfaces.sh msg/*.msg 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
