@@ -89,3 +89,20 @@ fi
 run cmake --build "$build" --parallel "$(nproc)"
 run cmake --install "$build"
 echo "pcic_ros messages installed into $venv"
+
+# tf2_msgs (only TFMessage, the type of /tf and /tf_static) cannot be installed from PyPI; the nodes
+# need exactly that type name to exchange transforms with a real ROS 2 system, so it is built here
+# the same way, unless the venv already has a tf2_msgs.
+if ! "$python" -c "import tf2_msgs.msg" 2>/dev/null; then
+  tf_build="$venv/.pcic-tf2-msgs-build"
+  mkdir -p "$tf_build"
+  log="$tf_build/last-run.log"
+  : >"$log"
+  if [ ! -f "$tf_build/CMakeCache.txt" ]; then
+    run cmake -S "$root/interfaces/tf2_msgs" -B "$tf_build" -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_INSTALL_PREFIX="$venv" -DPython3_EXECUTABLE="$python" -DBUILD_TESTING=OFF
+  fi
+  run cmake --build "$tf_build" --parallel "$(nproc)"
+  run cmake --install "$tf_build"
+  echo "tf2_msgs (TFMessage) installed into $venv"
+fi

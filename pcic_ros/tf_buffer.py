@@ -1,0 +1,197 @@
+"""A small TF buffer: geometry_msgs/TransformStamped in, 4x4 transforms between any two frames out.
+
+Static transforms (/tf_static) hold for all time; dynamic ones (/tf) are kept for ``cache_s`` seconds
+per frame and interpolated (linear translation, spherical rotation) between the two neighbouring
+stamps. A lookup never extrapolates: outside the cached span it fails, as a late TF should.
+No rclpy needed, only the message types.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+from geometry_msgs.msg import Quaternion, TransformStamped
+
+from pcic_ros.ros_conversions import stamp_to_ns
+
+__all__ = ["TransformError", "TransformBuffer", "matrix_from_transform", "transform_from_matrix"]
+
+
+class TransformError(LookupError):
+    """No transform between the frames at the requested time (unknown frame, or not yet received)."""
+
+
+def _rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
+    norm = np.sqrt(x * x + y * y + z * z + w * w)
+    if not np.isfinite(norm) or norm == 0.0:
+        raise TransformError("transform has an invalid rotation quaternion")
+    x, y, z, w = x / norm, y / norm, z / norm, w / norm
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _matrix(translation: np.ndarray, quaternion: np.ndarray) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = _rotation(*quaternion)
+    matrix[:3, 3] = translation
+    return matrix
+
+
+def _parts(msg: TransformStamped) -> tuple[np.ndarray, np.ndarray]:
+    t, q = msg.transform.translation, msg.transform.rotation
+    return np.array([t.x, t.y, t.z], dtype=np.float64), np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
+
+
+def matrix_from_transform(msg: TransformStamped) -> np.ndarray:
+    """4x4 matrix taking points in ``msg.child_frame_id`` to ``msg.header.frame_id``."""
+    return _matrix(*_parts(msg))
+
+
+def transform_from_matrix(matrix: np.ndarray, parent: str, child: str, stamp_ns: int = 0) -> TransformStamped:
+    """A TransformStamped (parent <- child) for a 4x4 rigid transform; the rotation is orthonormalised."""
+    from pcic_ros.ros_conversions import ns_to_stamp
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    u, _, vt = np.linalg.svd(matrix[:3, :3])
+    rotation = u @ vt
+    # Shepperd's method: divide by the largest of the four quaternion magnitudes for stability.
+    trace = np.trace(rotation)
+    candidates = [trace, rotation[0, 0], rotation[1, 1], rotation[2, 2]]
+    largest = int(np.argmax(candidates))
+    if largest == 0:
+        s = 2.0 * np.sqrt(1.0 + trace)
+        q = [(rotation[2, 1] - rotation[1, 2]) / s, (rotation[0, 2] - rotation[2, 0]) / s,
+             (rotation[1, 0] - rotation[0, 1]) / s, s / 4]  # fmt: skip
+    else:
+        i = largest - 1
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + rotation[i, i] - rotation[j, j] - rotation[k, k])
+        q = [0.0, 0.0, 0.0, (rotation[k, j] - rotation[j, k]) / s]
+        q[i] = s / 4
+        q[j] = (rotation[j, i] + rotation[i, j]) / s
+        q[k] = (rotation[k, i] + rotation[i, k]) / s
+    msg = TransformStamped()
+    msg.header.frame_id = parent
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.child_frame_id = child
+    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (
+        float(v) for v in matrix[:3, 3]
+    )
+    msg.transform.rotation = Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
+    return msg
+
+
+def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b by broadcasting and a fixed-order sum: the vehicle and the base station must compute the
+    same T_camera_lidar to the last bit (it decides which pixel each point lands on), and BLAS
+    products may differ between machines."""
+    return (a[:, :, None] * b[None, :, :]).sum(axis=1)
+
+
+def _rigid_inverse(matrix: np.ndarray) -> np.ndarray:
+    inverse = np.eye(4)
+    inverse[:3, :3] = matrix[:3, :3].T
+    inverse[:3, 3] = -(matrix[:3, :3].T * matrix[:3, 3][None, :]).sum(axis=1)
+    return inverse
+
+
+def _slerp(q0: np.ndarray, q1: np.ndarray, ratio: float) -> np.ndarray:
+    q0, q1 = q0 / np.linalg.norm(q0), q1 / np.linalg.norm(q1)
+    dot = float(np.dot(q0, q1))
+    if dot < 0.0:  # q and -q are one rotation; take the short way round.
+        q1, dot = -q1, -dot
+    if dot > 0.9995:
+        q = q0 + ratio * (q1 - q0)
+        return q / np.linalg.norm(q)
+    angle = np.arccos(dot)
+    return (np.sin((1 - ratio) * angle) * q0 + np.sin(ratio * angle) * q1) / np.sin(angle)
+
+
+@dataclass
+class _History:
+    """The transforms of one child frame to its parent, by stamp."""
+
+    parent: str
+    static: tuple[np.ndarray, np.ndarray] | None = None
+    stamps: list[int] = field(default_factory=list)
+    parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def at(self, time_ns: int) -> np.ndarray:
+        if self.static is not None:
+            return _matrix(*self.static)
+        index = bisect.bisect_left(self.stamps, time_ns)
+        if index < len(self.stamps) and self.stamps[index] == time_ns:
+            return _matrix(*self.parts[index])
+        if index == 0 or index == len(self.stamps):
+            raise TransformError(f"no transform at {time_ns} ns (have {self.stamps[0]}..{self.stamps[-1]} ns)")
+        before, after = self.stamps[index - 1], self.stamps[index]
+        ratio = (time_ns - before) / (after - before)
+        (t0, q0), (t1, q1) = self.parts[index - 1], self.parts[index]
+        return _matrix(t0 + ratio * (t1 - t0), _slerp(q0, q1, ratio))
+
+
+class TransformBuffer:
+    """Transforms received from /tf and /tf_static, looked up as 4x4 matrices between frames."""
+
+    def __init__(self, cache_s: float = 10.0) -> None:
+        self._cache_ns = int(cache_s * 1e9)
+        self._frames: dict[str, _History] = {}
+
+    def add(self, msg: TransformStamped, static: bool) -> None:
+        child = msg.child_frame_id.lstrip("/")
+        parent = msg.header.frame_id.lstrip("/")
+        if not child or not parent or child == parent:
+            raise TransformError(f"transform '{parent}' <- '{child}' does not link two frames")
+        history = self._frames.get(child)
+        if history is None or history.parent != parent or static != (history.static is not None):
+            # A frame has one parent at a time; a re-parented or re-typed frame starts afresh.
+            history = self._frames[child] = _History(parent)
+        parts = _parts(msg)
+        if static:
+            history.static = parts
+            return
+        stamp = stamp_to_ns(msg.header.stamp)
+        index = bisect.bisect_left(history.stamps, stamp)
+        if index < len(history.stamps) and history.stamps[index] == stamp:
+            history.parts[index] = parts
+        else:
+            history.stamps.insert(index, stamp)
+            history.parts.insert(index, parts)
+        cutoff = bisect.bisect_left(history.stamps, history.stamps[-1] - self._cache_ns)
+        del history.stamps[:cutoff], history.parts[:cutoff]
+
+    def _to_root(self, frame: str, time_ns: int) -> tuple[list[str], list[np.ndarray]]:
+        """Frames from ``frame`` up to its root and the matrices taking each into its parent."""
+        chain, matrices = [frame], []
+        while chain[-1] in self._frames:
+            history = self._frames[chain[-1]]
+            matrices.append(history.at(time_ns))
+            chain.append(history.parent)
+            if len(chain) > 1000:
+                raise TransformError(f"TF tree has a loop through '{frame}'")
+        return chain, matrices
+
+    def lookup(self, target: str, source: str, time_ns: int) -> np.ndarray:
+        """4x4 matrix taking points in ``source`` to ``target`` at ``time_ns``; raises TransformError."""
+        target, source = target.lstrip("/"), source.lstrip("/")
+        if target == source:
+            return np.eye(4)
+        source_chain, source_matrices = self._to_root(source, time_ns)
+        target_chain, target_matrices = self._to_root(target, time_ns)
+        common = next((frame for frame in source_chain if frame in target_chain), None)
+        if common is None:
+            raise TransformError(f"frames '{source}' and '{target}' are not connected in TF")
+        source_to_common = np.eye(4)
+        for matrix in source_matrices[: source_chain.index(common)]:
+            source_to_common = _compose(matrix, source_to_common)
+        target_to_common = np.eye(4)
+        for matrix in target_matrices[: target_chain.index(common)]:
+            target_to_common = _compose(matrix, target_to_common)
+        return _compose(_rigid_inverse(target_to_common), source_to_common)

@@ -1,0 +1,208 @@
+"""The ROS-free parts of the nodes: message conversions, time pairing, rate control, TF buffer."""
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from pcic_ros.rate_control import RateController
+from pcic_ros.ros_conversions import (
+    CameraInfoError,
+    ConversionError,
+    ImageEncodingError,
+    camera_projection,
+    image_to_rgb,
+    ns_to_stamp,
+    pointcloud2_to_points,
+    points_to_pointcloud2,
+    rgb_to_image,
+    stamp_to_ns,
+)
+from pcic_ros.tf_buffer import TransformBuffer, TransformError, matrix_from_transform, transform_from_matrix
+from pcic_ros.time_sync import ApproximateTimePairer
+
+RNG = np.random.default_rng(7)
+MS = 1_000_000
+
+
+# --- conversions ---------------------------------------------------------------------------------
+
+
+def test_rgb_image_round_trips():
+    rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    msg = rgb_to_image(rgb, Header(frame_id="cam"))
+    assert (msg.encoding, msg.step) == ("rgb8", 21)
+    np.testing.assert_array_equal(image_to_rgb(msg), rgb)
+
+
+@pytest.mark.parametrize(
+    "encoding,order,channels", [("bgr8", [2, 1, 0], 3), ("bgra8", [2, 1, 0], 4), ("rgba8", [0, 1, 2], 4)]
+)
+def test_colour_encodings_with_row_padding_convert_to_rgb(encoding, order, channels):
+    rgb = RNG.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    pixels = np.full((4, 6, channels), 255, np.uint8)
+    pixels[:, :, :3] = rgb[:, :, order]
+    step = 6 * channels + 5
+    rows = np.zeros((4, step), np.uint8)
+    rows[:, : 6 * channels] = pixels.reshape(4, -1)
+    msg = Image(height=4, width=6, encoding=encoding, step=step, data=rows.tobytes()[:-5])
+    np.testing.assert_array_equal(image_to_rgb(msg), rgb)
+
+
+def test_unsupported_encoding_and_short_data_are_rejected():
+    with pytest.raises(ImageEncodingError, match="mono16"):
+        image_to_rgb(Image(height=2, width=2, encoding="mono16", step=4, data=bytes(8)))
+    with pytest.raises(ConversionError):
+        image_to_rgb(Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(11)))
+
+
+def test_camera_projection_checks_size_and_focal_length():
+    info = CameraInfo(width=10, height=5)
+    info.p = [700.0, 0, 5, 0, 0, 700.0, 2, 0, 0, 0, 1, 0]
+    assert camera_projection(info, 10, 5)[0, 0] == 700.0
+    with pytest.raises(CameraInfoError, match="10 x 5"):
+        camera_projection(info, 12, 5)
+    with pytest.raises(CameraInfoError):
+        camera_projection(CameraInfo(width=10, height=5), 10, 5)
+
+
+def test_pointcloud2_round_trips_float32_points_exactly():
+    points = RNG.normal(size=(50, 4)).astype(np.float32)
+    back = pointcloud2_to_points(points_to_pointcloud2(points, Header()))
+    np.testing.assert_array_equal(back, points[:, :3].astype(np.float64))
+
+
+def test_pointcloud2_with_any_layout_padding_and_endianness():
+    xyz = RNG.normal(size=(2, 3, 3))
+    # Organised 2 x 3 cloud, big-endian, fields out of order and of mixed types, padded points and rows.
+    dtype = np.dtype({"names": ["intensity", "z", "x", "y", "ring"], "formats": [">u2", ">f8", ">f4", ">f4", ">u1"],
+                      "offsets": [0, 4, 12, 16, 22], "itemsize": 28})  # fmt: skip
+    cloud = np.zeros((2, 3), dtype)
+    cloud["x"], cloud["y"], cloud["z"] = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    cloud["x"][1, 2] = np.nan
+    rows = np.zeros((2, 3 * 28 + 8), np.uint8)
+    rows[:, : 3 * 28] = cloud.view(np.uint8).reshape(2, -1)
+    types = {">u2": PointField.UINT16, ">f8": PointField.FLOAT64, ">f4": PointField.FLOAT32, "|u1": PointField.UINT8}
+    fields = [
+        PointField(name=name, offset=dtype.fields[name][1], datatype=types[dtype.fields[name][0].str], count=1)
+        for name in dtype.names
+    ]
+    msg = PointCloud2(height=2, width=3, fields=fields, is_bigendian=True, point_step=28, row_step=3 * 28 + 8,
+                      data=rows.tobytes(), is_dense=False)  # fmt: skip
+    expected = np.stack([cloud["x"].astype(np.float64), cloud["y"].astype(np.float64), cloud["z"]], -1).reshape(-1, 3)
+    np.testing.assert_array_equal(pointcloud2_to_points(msg), expected[np.isfinite(expected).all(1)])
+    assert pointcloud2_to_points(msg).shape == (5, 3)
+
+
+def test_pointcloud2_without_xyz_is_rejected():
+    msg = PointCloud2(height=1, width=1, fields=[PointField(name="x", offset=0, datatype=7, count=1)],
+                      point_step=4, row_step=4, data=bytes(4))  # fmt: skip
+    with pytest.raises(ConversionError, match="y, z"):
+        pointcloud2_to_points(msg)
+
+
+def test_stamps_convert_exactly():
+    assert stamp_to_ns(ns_to_stamp(1_317_000_000_123_456_789)) == 1_317_000_000_123_456_789
+
+
+# --- approximate time pairing --------------------------------------------------------------------
+
+
+def test_pairs_within_slop_choose_the_closest_and_leave_the_queues():
+    pairer = ApproximateTimePairer(queue_size=5, slop_ns=20 * MS)
+    assert pairer.add_scan(95 * MS, "s95", 0) is None
+    assert pairer.add_scan(104 * MS, "s104", 0) is None
+    pair = pairer.add_image(100 * MS, "i100", 0)
+    assert (pair.image, pair.scan, pair.scan_stamp_ns) == ("i100", "s104", 104 * MS)
+    pair = pairer.add_image(101 * MS, "i101", 0)
+    assert pair.scan == "s95"
+    assert pairer.add_image(200 * MS, "i200", 0) is None
+    assert pairer.add_scan(230 * MS, "s230", 0) is None
+    assert pairer.add_scan(210 * MS, "s210", 0).image == "i200"
+
+
+def test_unpaired_images_expire_after_slop_plus_timeout_and_full_queue_evicts_oldest():
+    pairer = ApproximateTimePairer(queue_size=2, slop_ns=10 * MS)
+    for index in range(3):
+        pairer.add_image(index * 100 * MS, f"i{index}", arrival_ns=index * 100 * MS)
+    assert pairer.evicted_images == [(0, "i0")]
+    assert pairer.expire(now_ns=150 * MS, timeout_ns=30 * MS) == [(100 * MS, "i1")]
+    assert pairer.expire(now_ns=239 * MS, timeout_ns=30 * MS) == []
+    assert pairer.expire(now_ns=241 * MS, timeout_ns=30 * MS) == [(200 * MS, "i2")]
+    assert pairer.waiting_images == 0
+
+
+# --- rate control --------------------------------------------------------------------------------
+
+
+def test_unlimited_rate_always_uses_best_quality():
+    control = RateController([1, 2, 3, 4], target_bps=0)
+    assert control.candidates(0.0) == [4]
+    assert control.try_send(10**9, 0.0)
+
+
+def test_budget_holds_over_any_interval_and_lower_qualities_are_chosen():
+    sizes = {1: 1000, 2: 2000, 3: 4000, 4: 8000}
+    control = RateController(list(sizes), target_bps=20_000, burst_s=0.5)
+    sent, used = [], []
+    for frame in range(100):
+        now = frame * 0.1
+        for quality in control.candidates(now):
+            control.observe(quality, sizes[quality])
+            if control.try_send(sizes[quality], now):
+                sent.append((now, sizes[quality]))
+                used.append(quality)
+                break
+    # Each frame at 10 Hz may use 2000 bits on average: quality 2, with bursts spent at the start.
+    assert used.count(2) > 50 and 4 not in used[10:]
+    for start in np.arange(0, 10, 0.5):
+        for end in np.arange(start + 0.5, 10.01, 0.5):
+            bits = sum(b for t, b in sent if start <= t <= end)
+            assert bits <= 20_000 * (end - start + 0.5) + 1e-6
+
+
+def test_frames_are_dropped_when_even_the_lowest_quality_cannot_fit():
+    control = RateController([1, 2], target_bps=100, burst_s=1.0)
+    control.observe(1, 1000)
+    control.observe(2, 2000)
+    assert control.candidates(0.0) == []
+    assert not control.try_send(1000, 0.0)
+
+
+# --- TF buffer -----------------------------------------------------------------------------------
+
+
+def _random_rigid() -> np.ndarray:
+    q, _ = np.linalg.qr(RNG.normal(size=(3, 3)))
+    matrix = np.eye(4)
+    matrix[:3, :3] = q * np.sign(np.linalg.det(q))
+    matrix[:3, 3] = RNG.normal(size=3)
+    return matrix
+
+
+def test_matrix_and_transform_message_round_trip():
+    matrix = _random_rigid()
+    np.testing.assert_allclose(matrix_from_transform(transform_from_matrix(matrix, "a", "b")), matrix, atol=1e-12)
+
+
+def test_lookup_composes_chains_through_a_common_ancestor():
+    base_lidar, base_cam, cam_optical = _random_rigid(), _random_rigid(), _random_rigid()
+    buffer = TransformBuffer()
+    buffer.add(transform_from_matrix(base_lidar, "base", "lidar"), static=True)
+    buffer.add(transform_from_matrix(base_cam, "base", "cam"), static=True)
+    buffer.add(transform_from_matrix(cam_optical, "cam", "cam_optical"), static=True)
+    expected = np.linalg.inv(base_cam @ cam_optical) @ base_lidar
+    np.testing.assert_allclose(buffer.lookup("cam_optical", "lidar", 123), expected, atol=1e-9)
+    with pytest.raises(TransformError):
+        buffer.lookup("cam_optical", "radar", 123)
+
+
+def test_dynamic_transforms_interpolate_and_never_extrapolate():
+    buffer = TransformBuffer()
+    start, end = np.eye(4), np.eye(4)
+    end[:3, 3] = [2.0, 0.0, 0.0]
+    buffer.add(transform_from_matrix(start, "odom", "base", stamp_ns=1000), static=False)
+    buffer.add(transform_from_matrix(end, "odom", "base", stamp_ns=3000), static=False)
+    np.testing.assert_allclose(buffer.lookup("odom", "base", 2000)[:3, 3], [1.0, 0.0, 0.0])
+    with pytest.raises(TransformError, match="no transform"):
+        buffer.lookup("odom", "base", 3001)
