@@ -1,0 +1,278 @@
+"""ROS messages on the bag side (rosbags' pure-Python types): KITTI frame <-> Image, CameraInfo,
+PointCloud2 and TFMessage, and the typestore that knows our own messages.
+
+Calibration convention (the one ``pcic_ros`` nodes read back): the camera topic carries the rectified
+image, so CameraInfo is that of a rectified camera: ``P = P_rect_02`` (3x4), ``K`` its left 3x3,
+``R`` the identity and no distortion. KITTI's rectifying rotation R_rect_00 therefore moves into the
+extrinsic: the ``camera`` <- ``velodyne`` transform on /tf_static is ``R_rect_00 * T_velo_to_cam``, so
+that ``P * T`` is the ``P_rect_02 * R_rect_00 * T_velo_to_cam`` of eq. 2. The transform travels as a
+unit quaternion plus translation, which is exact to about 1e-8 (KITTI's rotation is orthonormal to
+that precision): encoder and decoder must both take their calibration from the same source, the bag,
+for the depth fingerprints to match.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+from pcic_ros.projection import Calibration, CalibrationError
+
+__all__ = [
+    "IMAGE_TYPE",
+    "CAMERA_INFO_TYPE",
+    "POINT_CLOUD_TYPE",
+    "TF_MESSAGE_TYPE",
+    "COMPRESSED_FRAME_TYPE",
+    "CODEC_STATISTICS_TYPE",
+    "CAMERA_FRAME",
+    "LIDAR_FRAME",
+    "bag_typestore",
+    "stamp",
+    "stamp_nanoseconds",
+    "image_message",
+    "camera_info_message",
+    "point_cloud_message",
+    "camera_from_lidar",
+    "tf_static_message",
+    "image_from_message",
+    "scan_from_point_cloud",
+    "calibration_from_messages",
+    "matrix_to_quaternion",
+    "quaternion_to_matrix",
+]
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+POINT_CLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
+TF_MESSAGE_TYPE = "tf2_msgs/msg/TFMessage"
+COMPRESSED_FRAME_TYPE = "pcic_ros/msg/CompressedFrame"
+CODEC_STATISTICS_TYPE = "pcic_ros/msg/CodecStatistics"
+
+CAMERA_FRAME = "camera"
+LIDAR_FRAME = "velodyne"
+
+#: Fields of the scans we write: KITTI's x, y, z, reflectance as little-endian float32.
+_SCAN_FIELDS = ("x", "y", "z", "intensity")
+
+
+def _message_definition_dirs() -> list[Path]:
+    # A source checkout keeps msg/ next to the package; an installed one has it under share/.
+    return [Path(__file__).resolve().parents[1] / "msg", Path(sys.prefix) / "share" / "pcic_ros" / "msg"]
+
+
+@cache
+def bag_typestore() -> Typestore:
+    """ROS 2 Kilted's types plus pcic_ros/msg/CompressedFrame and CodecStatistics from msg/*.msg."""
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    for msgtype in (COMPRESSED_FRAME_TYPE, CODEC_STATISTICS_TYPE):
+        name = msgtype.rsplit("/", 1)[1]
+        for folder in _message_definition_dirs():
+            definition = folder / f"{name}.msg"
+            if definition.is_file():
+                typestore.register(get_types_from_msg(definition.read_text(), msgtype))
+                break
+        else:
+            raise FileNotFoundError(f"{name}.msg not found in {', '.join(map(str, _message_definition_dirs()))}")
+    return typestore
+
+
+def stamp(nanoseconds: int) -> object:
+    """builtin_interfaces/msg/Time of a time in nanoseconds."""
+    time_type = bag_typestore().types["builtin_interfaces/msg/Time"]
+    return time_type(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+
+
+def stamp_nanoseconds(time: object) -> int:
+    """Nanoseconds of a builtin_interfaces/msg/Time (rosbags or rclpy)."""
+    return int(time.sec) * 1_000_000_000 + int(time.nanosec)
+
+
+def _header(nanoseconds: int, frame_id: str) -> object:
+    return bag_typestore().types["std_msgs/msg/Header"](stamp=stamp(nanoseconds), frame_id=frame_id)
+
+
+def image_message(image: np.ndarray, nanoseconds: int, frame_id: str = CAMERA_FRAME) -> object:
+    """sensor_msgs/msg/Image, rgb8, of an H x W x 3 uint8 image."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be H x W x 3, got {image.shape}")
+    height, width = image.shape[:2]
+    return bag_typestore().types[IMAGE_TYPE](
+        header=_header(nanoseconds, frame_id),
+        height=height,
+        width=width,
+        encoding="rgb8",
+        is_bigendian=0,
+        step=3 * width,
+        data=image.reshape(-1),
+    )
+
+
+def camera_info_message(
+    calibration: Calibration, height: int, width: int, nanoseconds: int, frame_id: str = CAMERA_FRAME
+) -> object:
+    """CameraInfo of the rectified camera: P = the calibration's projection, R = I, no distortion."""
+    types = bag_typestore().types
+    projection = calibration.projection
+    roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    return types[CAMERA_INFO_TYPE](
+        header=_header(nanoseconds, frame_id),
+        height=height,
+        width=width,
+        distortion_model="plumb_bob",
+        d=np.zeros(5),
+        k=projection[:, :3].reshape(-1).copy(),
+        r=np.eye(3).reshape(-1),
+        p=projection.reshape(-1).copy(),
+        binning_x=0,
+        binning_y=0,
+        roi=roi,
+    )
+
+
+def point_cloud_message(scan: np.ndarray, nanoseconds: int, frame_id: str = LIDAR_FRAME) -> object:
+    """sensor_msgs/msg/PointCloud2 of an N x 4 scan: x, y, z, intensity as float32, one row."""
+    scan = np.asarray(scan)
+    if scan.ndim != 2 or scan.shape[1] != 4:
+        raise ValueError(f"scan must be N x 4 (x, y, z, reflectance), got {scan.shape}")
+    types = bag_typestore().types
+    point_field = types["sensor_msgs/msg/PointField"]
+    fields = [
+        point_field(name=name, offset=4 * index, datatype=point_field.FLOAT32, count=1)
+        for index, name in enumerate(_SCAN_FIELDS)
+    ]
+    data = np.ascontiguousarray(scan, dtype="<f4").view(np.uint8).reshape(-1)
+    return types[POINT_CLOUD_TYPE](
+        header=_header(nanoseconds, frame_id),
+        height=1,
+        width=scan.shape[0],
+        fields=fields,
+        is_bigendian=False,
+        point_step=16,
+        row_step=16 * scan.shape[0],
+        data=data,
+        is_dense=bool(np.isfinite(scan).all()),
+    )
+
+
+def matrix_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, z, w) unit quaternion of a 3x3 rotation matrix (Shepperd's method, stable for any angle)."""
+    m = np.asarray(rotation, dtype=np.float64)
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s)
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = (0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s)
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = ((m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s)
+    else:
+        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = ((m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s)
+    norm = float(np.sqrt(sum(v * v for v in q)))
+    return tuple(float(v) / norm for v in q)
+
+
+def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """3x3 rotation matrix of a quaternion (normalised first)."""
+    norm = np.sqrt(x * x + y * y + z * z + w * w)
+    if norm == 0 or not np.isfinite(norm):
+        raise CalibrationError(f"quaternion ({x}, {y}, {z}, {w}) is not a rotation")
+    x, y, z, w = x / norm, y / norm, z / norm, w / norm
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def camera_from_lidar(calibration: Calibration) -> np.ndarray:
+    """The 4x4 extrinsic of /tf_static: R_rect * T_cam_lidar (see the module docstring)."""
+    return calibration.rectification @ calibration.lidar_to_camera
+
+
+def tf_static_message(
+    camera_from_lidar_matrix: np.ndarray,
+    nanoseconds: int,
+    camera_frame: str = CAMERA_FRAME,
+    lidar_frame: str = LIDAR_FRAME,
+) -> object:
+    """tf2_msgs/msg/TFMessage with the one transform camera <- velodyne (pose of the LiDAR in the camera)."""
+    types = bag_typestore().types
+    matrix = np.asarray(camera_from_lidar_matrix, dtype=np.float64)
+    qx, qy, qz, qw = matrix_to_quaternion(matrix[:3, :3])
+    transform = types["geometry_msgs/msg/Transform"](
+        translation=types["geometry_msgs/msg/Vector3"](x=matrix[0, 3], y=matrix[1, 3], z=matrix[2, 3]),
+        rotation=types["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw),
+    )
+    stamped = types["geometry_msgs/msg/TransformStamped"](
+        header=_header(nanoseconds, camera_frame), child_frame_id=lidar_frame, transform=transform
+    )
+    return types[TF_MESSAGE_TYPE](transforms=[stamped])
+
+
+def image_from_message(message: object) -> np.ndarray:
+    """H x W x 3 uint8 RGB of a sensor_msgs/msg/Image in rgb8 or bgr8 (rows may be padded)."""
+    if message.encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"image encoding '{message.encoding}' is not rgb8 or bgr8")
+    rows = np.asarray(message.data, dtype=np.uint8).reshape(message.height, message.step)
+    image = rows[:, : 3 * message.width].reshape(message.height, message.width, 3)
+    return np.ascontiguousarray(image[:, :, ::-1] if message.encoding == "bgr8" else image)
+
+
+_POINT_FIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
+
+
+def scan_from_point_cloud(message: object) -> np.ndarray:
+    """N x 4 float32 (x, y, z, intensity; intensity 0 when absent) of a sensor_msgs/msg/PointCloud2."""
+    byte_order = ">" if message.is_bigendian else "<"
+    fields = {field.name: field for field in message.fields}
+    missing = [name for name in "xyz" if name not in fields]
+    if missing:
+        raise ValueError(f"point cloud has no field {', '.join(missing)}")
+    layout = np.dtype(
+        {
+            "names": [f.name for f in fields.values()],
+            "formats": [byte_order + _POINT_FIELD_DTYPES[f.datatype] for f in fields.values()],
+            "offsets": [f.offset for f in fields.values()],
+            "itemsize": message.point_step,
+        }
+    )
+    rows = np.asarray(message.data, dtype=np.uint8).reshape(message.height, message.row_step)
+    points = rows[:, : message.width * message.point_step].copy().view(layout).reshape(-1)
+    scan = np.zeros((points.shape[0], 4), dtype=np.float32)
+    for column, name in enumerate(_SCAN_FIELDS):
+        if name in fields:
+            scan[:, column] = points[name]
+    return scan
+
+
+def calibration_from_messages(camera_info: object, tf_message: object, lidar_frame: str | None = None) -> Calibration:
+    """Calibration from a CameraInfo (its P) and the TFMessage holding camera <- LiDAR.
+
+    The transform is the one whose parent is the CameraInfo's frame and whose child is ``lidar_frame``
+    (any child when None)."""
+    projection = np.asarray(camera_info.p, dtype=np.float64).reshape(3, 4)
+    camera_frame = camera_info.header.frame_id
+    for stamped in tf_message.transforms:
+        if stamped.header.frame_id != camera_frame:
+            continue
+        if lidar_frame is not None and stamped.child_frame_id != lidar_frame:
+            continue
+        rotation = stamped.transform.rotation
+        translation = stamped.transform.translation
+        matrix = np.eye(4)
+        matrix[:3, :3] = quaternion_to_matrix(rotation.x, rotation.y, rotation.z, rotation.w)
+        matrix[:3, 3] = (translation.x, translation.y, translation.z)
+        return Calibration.from_matrices(projection, matrix)
+    raise CalibrationError(f"no transform from '{lidar_frame or 'the LiDAR'}' to '{camera_frame}' in /tf_static")
