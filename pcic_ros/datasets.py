@@ -103,7 +103,8 @@ def discover_frames(root: str | Path) -> list[Frame]:
     for image_dir in sorted(root.rglob("image_2")):
         split_dir = image_dir.parent
         # KITTI-360 in object layout reads exactly like KITTI object; the folder names the sequence.
-        sequence = split_dir.relative_to(root.parent).as_posix()
+        relative = split_dir.relative_to(root).as_posix()
+        sequence = relative if relative != "." else split_dir.name
         frames.extend(_kitti_object_frames(split_dir, "kitti_object", sequence))
     if not frames:
         raise DataError(f"no KITTI frames (image + scan + calibration) found below {root}")
