@@ -117,3 +117,113 @@ def test_from_kitti_uses_the_drive_timestamps_files_when_present(tmp_path):
     day = 1316995200 * 1_000_000_000
     second = day + (13 * 3600 + 2 * 60 + 25) * 1_000_000_000
     assert stamps == [second + 10, second + 11]
+
+
+def compressed_frame_message(data: bytes, stamp_ns: int, scan_stamp_ns: int | None, codec: str, quality: int, shape):
+    """A pcic_ros/msg/CompressedFrame as the encoder node publishes it."""
+    types = bm.bag_typestore().types
+    header = types["std_msgs/msg/Header"](stamp=bm.stamp(stamp_ns), frame_id=bm.CAMERA_FRAME)
+    return types[bm.COMPRESSED_FRAME_TYPE](
+        header=header,
+        scan_stamp=bm.stamp(scan_stamp_ns or 0),
+        scan_frame_id=bm.LIDAR_FRAME if scan_stamp_ns is not None else "",
+        zeros_fallback=scan_stamp_ns is None,
+        codec=codec,
+        format_version=1,
+        quality=quality,
+        width=shape[1],
+        height=shape[0],
+        data=np.frombuffer(data, dtype=np.uint8),
+    )
+
+
+@pytest.fixture(scope="module")
+def compressed_bag(kitti_bag, tmp_path_factory):
+    """A bag of CompressedFrame messages for the kitti_bag frames, and what Codec.decode makes of each.
+
+    Frame 0: HYPER, full size. Frame 1: HYPER-PC on the left 256 columns (a crop from the origin keeps
+    P valid; it keeps the test quick), coded against the bag's own scan and calibration. Frame 2:
+    HYPER-PC whose scan stamp is in no bag."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from pcic_ros.codec import Codec
+
+    messages = read_bag(kitti_bag)
+    images = [m for t, _, m in messages if t == IMAGE_TOPIC]
+    clouds = [m for t, _, m in messages if t == POINTS_TOPIC]
+    info = next(m for t, _, m in messages if t == CAMERA_INFO_TOPIC)
+    tf_message = next(m for t, _, m in messages if t == TF_STATIC_TOPIC)
+    calibration = bm.calibration_from_messages(info, tf_message)
+    hyper, hyper_pc = Codec("hyper", 1, device="cpu"), Codec("hyper-pc", 1, device="cpu")
+    frames = []
+    for index in range(3):
+        image = bm.image_from_message(images[index])
+        stamp_ns = bm.stamp_nanoseconds(images[index].header.stamp)
+        scan_stamp_ns = bm.stamp_nanoseconds(clouds[index].header.stamp)
+        scan = bm.scan_from_point_cloud(clouds[index])
+        if index == 0:
+            data = hyper.encode(image, scan, calibration)
+            frames.append((stamp_ns, scan_stamp_ns, "hyper", data, hyper.decode(data), image))
+        else:
+            crop = np.ascontiguousarray(image[:, :256])
+            data = hyper_pc.encode(crop, scan, calibration)
+            expected = hyper_pc.decode(data, scan, calibration) if index == 1 else None
+            frames.append((stamp_ns, scan_stamp_ns if index == 1 else 1, "hyper-pc", data, expected, crop))
+    path = tmp_path_factory.mktemp("bags") / "compressed"
+    typestore = bm.bag_typestore()
+    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    connection = writer.add_connection("/camera/image_rect/pcic", bm.COMPRESSED_FRAME_TYPE, typestore=typestore)
+    for stamp_ns, scan_stamp_ns, codec, data, _, image in frames:
+        message = compressed_frame_message(data, stamp_ns, scan_stamp_ns, codec, 1, image.shape)
+        writer.write(connection, stamp_ns, typestore.serialize_cdr(message, bm.COMPRESSED_FRAME_TYPE))
+    writer.close()
+    return path, frames
+
+
+def test_decode_pairs_scans_from_another_bag_and_reproduces_codec_decode(kitti_bag, compressed_bag, tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from pcic_ros.bags import decode
+    from pcic_ros.metrics import psnr
+
+    path, frames = compressed_bag
+    rows = decode(path, tmp_path, scans_bag=kitti_bag, device="cpu", progress=False)
+    assert [row.stamp_ns for row in rows] == [frame[0] for frame in frames]
+    for row, (_, _, _, data, expected, original) in zip(rows[:2], frames, strict=False):
+        assert row.ok, row.error
+        assert row.scan == "paired"
+        assert row.bytes == len(data)
+        assert row.bpp == pytest.approx(8 * len(data) / (original.shape[0] * original.shape[1]))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / row.png)), expected)
+    assert rows[0].psnr == pytest.approx(psnr(frames[0][5], frames[0][4]))
+    # The cropped frame has no original of its size in the bag: no PSNR rather than a wrong one.
+    assert rows[1].psnr is None
+    missing = rows[2]
+    assert not missing.ok and missing.png == "" and missing.scan.startswith("missing")
+    assert "scan" in missing.error
+    with (tmp_path / "frames.csv").open() as stream:
+        table = list(csv.DictReader(stream))
+    assert [r["stamp"] for r in table] == [f"{s // 10**9}.{s % 10**9:09d}" for s, *_ in frames]
+    assert [r["error"] == "" for r in table] == [True, True, False]
+    assert [r["png"] for r in table[:2]] == [row.png for row in rows[:2]]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(row.png for row in rows[:2])
+
+
+def test_decode_command_lists_undecodable_frames_and_fails(kitti_bag, compressed_bag, tmp_path, capsys):
+    import argparse
+
+    from pcic_ros.bags import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    path, frames = compressed_bag
+    # Without the scans bag, HYPER still decodes (it does not use the scan) but HYPER-PC frames cannot.
+    args = parser.parse_args(["bag", "decode", str(path), "--out", str(tmp_path), "--device", "cpu"])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    stamps = [f"{s // 10**9}.{s % 10**9:09d}" for s, *_ in frames]
+    assert f"frame {stamps[1]} not decoded" in err and f"frame {stamps[2]} not decoded" in err
+    assert stamps[0] not in err
