@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pcic_ros.models import PointCloudCompressionModel, ScaleHyperprior
+from pcic_ros.models import Elic, PointCloudCompressionModel, ScaleHyperprior
 from pcic_ros.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
 
 __all__ = [
@@ -75,6 +75,21 @@ for _ablation in ABLATIONS:
             f"HYPER with the point-cloud branch ({_ablation})",
         )
     )
+
+register_model(ModelSpec("elic", Elic, {}, "He 2022 ELIC: uneven channel groups, checkerboard context (ELIC)"))
+for _ablation in ABLATIONS:
+    _name = "elic-pc" if _ablation == "full" else f"elic-pc-{_ablation}"
+    register_model(
+        ModelSpec(
+            _name,
+            Elic,
+            {"point_cloud": ablation_config(_ablation, PointCloudConfig())},
+            f"ELIC with the point-cloud branch ({_ablation})",
+        )
+    )
+# ELIC(PA): ELIC widened until it has as many parameters as ELIC-PC (N = 112: 0.6% fewer), the latent
+# kept as it is; test_elic checks the match whenever a width changes.
+register_model(ModelSpec("elic-pa", Elic, {"N": 112}, "ELIC widened to ELIC-PC's parameter count (ELIC(PA))"))
 
 
 def checkpoint_path(name: str, quality: int) -> Path:

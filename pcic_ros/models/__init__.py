@@ -1,6 +1,7 @@
 """The codec models: CompressAI-style compression models with an optional point-cloud branch."""
 
 from pcic_ros.models.base import PointCloudCompressionModel
+from pcic_ros.models.elic import Elic
 from pcic_ros.models.hyper import ScaleHyperprior
 
-__all__ = ["PointCloudCompressionModel", "ScaleHyperprior"]
+__all__ = ["Elic", "PointCloudCompressionModel", "ScaleHyperprior"]
