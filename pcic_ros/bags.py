@@ -61,6 +61,13 @@ def _open_writer(out: Path) -> Writer:
 # --- from-kitti -------------------------------------------------------------------------------------
 
 
+def _serialize(message: object, msgtype: str) -> bytes:
+    """CDR bytes of ``message`` padded with zeros to a multiple of 4, as rmw_fastrtps delivers them, so
+    that a played-back and re-recorded message is byte for byte the one in the bag."""
+    data = bm.bag_typestore().serialize_cdr(message, msgtype)
+    return bytes(data) + bytes(-len(data) % 4)
+
+
 def _parse_kitti_timestamp(text: str) -> int:
     """Nanoseconds since the epoch of a KITTI stamp such as '2011-09-26 13:02:25.964389445' (UTC)."""
     whole, _, fraction = text.strip().partition(".")
@@ -109,7 +116,7 @@ def from_kitti(drive: str | Path, out: str | Path, max_frames: int | None = None
         points = writer.add_connection(POINTS_TOPIC, bm.POINT_CLOUD_TYPE, typestore=typestore)
         first = min(image_stamps[0], scan_stamps[0])
         transform = bm.tf_static_message(bm.camera_from_lidar(calibration), first)
-        writer.write(tf_static, first, typestore.serialize_cdr(transform, bm.TF_MESSAGE_TYPE))
+        writer.write(tf_static, first, _serialize(transform, bm.TF_MESSAGE_TYPE))
         for frame, image_stamp, scan_stamp in tqdm(
             list(zip(frames, image_stamps, scan_stamps, strict=True)), desc="frames", unit="frame"
         ):
@@ -117,12 +124,12 @@ def from_kitti(drive: str | Path, out: str | Path, max_frames: int | None = None
             height, width = pixels.shape[:2]
             info = bm.camera_info_message(calibration, height, width, image_stamp)
             timed = [
-                (image_stamp, camera_info, typestore.serialize_cdr(info, bm.CAMERA_INFO_TYPE)),
-                (image_stamp, image, typestore.serialize_cdr(bm.image_message(pixels, image_stamp), bm.IMAGE_TYPE)),
+                (image_stamp, camera_info, _serialize(info, bm.CAMERA_INFO_TYPE)),
+                (image_stamp, image, _serialize(bm.image_message(pixels, image_stamp), bm.IMAGE_TYPE)),
                 (
                     scan_stamp,
                     points,
-                    typestore.serialize_cdr(bm.point_cloud_message(frame.scan(), scan_stamp), bm.POINT_CLOUD_TYPE),
+                    _serialize(bm.point_cloud_message(frame.scan(), scan_stamp), bm.POINT_CLOUD_TYPE),
                 ),
             ]
             for stamp_ns, connection, data in sorted(timed, key=lambda item: item[0]):
@@ -265,15 +272,18 @@ def _wait_for_subscribers(ros: _RosSession, publishers: dict, timeout: float) ->
 
 @dataclass
 class _TopicRecorder:
-    """Raw subscription callback: writes each message's bytes at its receive time."""
+    """Raw subscription callback: writes each message's bytes, logged at the time it is handed over.
+
+    That is not the middleware's receive stamp: a reliable reader holds back samples that arrived
+    after a lost one until the repair comes, so receive stamps can run backwards, and the bag (read in
+    log-time order) would then reorder the topic."""
 
     writer: Writer
     connection: object
     on_message: Callable[[], None]
 
-    def __call__(self, data: bytes, info: dict) -> None:
-        received = info.get("received_timestamp") or time.time_ns()
-        self.writer.write(self.connection, int(received), data)
+    def __call__(self, data: bytes) -> None:
+        self.writer.write(self.connection, time.time_ns(), data)
         self.on_message()
 
 
@@ -308,6 +318,7 @@ def record(
 
             logger = ros.node.get_logger()
             pending = list(dict.fromkeys(topics))
+            logger.info(f"waiting for publishers on {', '.join(pending)}")
             subscriptions = []
             started = time.monotonic()
             while not ros.stop_requested:
@@ -478,9 +489,11 @@ def decode(
         scan_state = "not used (zeros fallback)"
         frame_calibration = None
         if not message.zeros_fallback:
-            candidates = [
-                raw for frame_id, raw in scans.get(scan_stamp, []) if frame_id == message.scan_frame_id
-            ] or [raw for _, raw in scans.get(scan_stamp, [])]
+            same_stamp = scans.get(scan_stamp, [])
+            # Prefer the scan of the named LiDAR frame; any scan of that stamp serves when none is named.
+            candidates = [raw for frame_id, raw in same_stamp if frame_id == message.scan_frame_id] or [
+                raw for _, raw in same_stamp
+            ]
             if candidates:
                 scan = bm.scan_from_point_cloud(index.typestore.deserialize_cdr(candidates[0], bm.POINT_CLOUD_TYPE))
                 scan_state = "paired"

@@ -20,9 +20,7 @@ def read_bag(path) -> list[tuple[str, int, object]]:
     """(topic, log time, deserialized message) of every message, in log-time order."""
     typestore = bm.bag_typestore()
     with Reader(path) as reader:
-        return [
-            (c.topic, t, typestore.deserialize_cdr(bytes(data), c.msgtype)) for c, t, data in reader.messages()
-        ]
+        return [(c.topic, t, typestore.deserialize_cdr(bytes(data), c.msgtype)) for c, t, data in reader.messages()]
 
 
 def drive_frames():
@@ -227,3 +225,91 @@ def test_decode_command_lists_undecodable_frames_and_fails(kitti_bag, compressed
     stamps = [f"{s // 10**9}.{s % 10**9:09d}" for s, *_ in frames]
     assert f"frame {stamps[1]} not decoded" in err and f"frame {stamps[2]} not decoded" in err
     assert stamps[0] not in err
+
+
+CLI = (
+    "import argparse, sys\n"
+    "from pcic_ros.bags import add_parser\n"
+    "parser = argparse.ArgumentParser()\n"
+    "add_parser(parser.add_subparsers())\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+@pytest.fixture
+def ros_env(tmp_path, monkeypatch):
+    """Environment of the play and record processes: this suite's own DDS domain, localhost only."""
+    import os
+
+    env = dict(os.environ, ROS_DOMAIN_ID="74", ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOG_DIR=str(tmp_path))
+    env.setdefault("HOME", str(tmp_path))
+    return env
+
+
+def bag_command(env, *args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI, "bag", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def raw_messages(path) -> dict[str, list[bytes]]:
+    with Reader(path) as reader:
+        topics: dict[str, list[bytes]] = {c.topic: [] for c in reader.connections}
+        for connection, _, data in reader.messages():
+            topics[connection.topic].append(bytes(data))
+        return topics
+
+
+@pytest.mark.slow
+def test_play_into_record_delivers_every_message_byte_identical(kitti_bag, tmp_path, ros_env):
+    recorded = tmp_path / "recorded"
+    topics = [IMAGE_TOPIC, CAMERA_INFO_TOPIC, POINTS_TOPIC, TF_STATIC_TOPIC]
+    total = 1 + 3 * FRAME_COUNT
+    recorder = bag_command(
+        ros_env, "record", str(recorded), "--topics", *topics, "--max-messages", str(total), "--duration", "90"
+    )
+    player = bag_command(ros_env, "play", str(kitti_bag), "--rate", "4", "--wait-for-subscribers", "60")
+    try:
+        player_out, player_err = player.communicate(timeout=120)
+        recorder_out, recorder_err = recorder.communicate(timeout=120)
+    finally:
+        player.kill()
+        recorder.kill()
+    assert player.returncode == 0, player_err
+    assert recorder.returncode == 0, recorder_err
+    assert f"published {total} messages" in player_out
+    assert raw_messages(recorded) == raw_messages(kitti_bag)
+    with Reader(recorded) as reader:
+        assert {c.topic: c.msgtype for c in reader.connections} == {
+            IMAGE_TOPIC: "sensor_msgs/msg/Image",
+            CAMERA_INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
+            POINTS_TOPIC: "sensor_msgs/msg/PointCloud2",
+            TF_STATIC_TOPIC: "tf2_msgs/msg/TFMessage",
+        }
+
+
+@pytest.mark.slow
+def test_record_closes_a_readable_bag_on_sigterm(tmp_path, ros_env):
+    import signal
+
+    recorded = tmp_path / "recorded"
+    recorder = bag_command(ros_env, "record", str(recorded), "--topics", "/nobody/publishes/this")
+    try:
+        for line in recorder.stderr:
+            if "waiting for publishers" in line:
+                break
+        recorder.send_signal(signal.SIGTERM)
+        recorder.communicate(timeout=60)
+    finally:
+        recorder.kill()
+    assert recorder.returncode == 0
+    with Reader(recorded) as reader:
+        assert reader.message_count == 0
