@@ -1,0 +1,194 @@
+"""Base station side: pcic_ros/CompressedFrame + the same LiDAR scan -> sensor_msgs/Image (rgb8).
+
+Subscribes ``compressed``, ``points`` and ``camera_info``; a frame is decoded against the scan whose
+stamp and frame id are exactly the ones the frame names (never a nearby one), or without a scan when
+the frame used the no-scan fallback. A frame whose scan does not arrive within ``scan_timeout`` is
+reported and dropped. Publishes ``image`` with the original image header, and ``statistics``.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from pcic_ros.bitstream import BitstreamError, ScanMismatchError, read_header
+from pcic_ros.codec import Codec, default_device
+from pcic_ros.msg import CodecStatistics, CompressedFrame
+from pcic_ros.node_support import (
+    CalibrationSource,
+    ProblemReporter,
+    StatisticsCollector,
+    declare,
+    qos_from_parameters,
+    spin_node,
+)
+from pcic_ros.projection import Calibration
+from pcic_ros.ros_conversions import CameraInfoError, ConversionError, pointcloud2_to_points, rgb_to_image, stamp_to_ns
+from pcic_ros.tf_buffer import TransformError
+
+__all__ = ["DecoderNode", "main"]
+
+
+@dataclass
+class _Waiting:
+    frame: CompressedFrame
+    arrival_s: float
+    reason: str = "scan_timeout"
+
+
+class DecoderNode(Node):
+    def __init__(self) -> None:
+        super().__init__("pcic_decoder")
+        device = declare(self, "device", "", "torch device: cpu, cuda, or empty for cuda when available")
+        self._scan_timeout_s = declare(
+            self, "scan_timeout", 2.0, "seconds a frame waits for its scan (and calibration) before it is dropped"
+        )
+        self._scan_cache_size = declare(self, "scan_cache_size", 50, "scans kept for frames that arrive later")
+        fixed = declare(
+            self, "fixed_extrinsic", [0.0], "row-major 4x4 T_camera_lidar instead of TF; [0.0] means use TF"
+        )
+        work_queue = declare(self, "work_queue_size", 4, "frames waiting for the decoder; more are dropped")
+        stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
+        log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
+        input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the compressed frame and scan subscriptions")
+        output_qos = qos_from_parameters(self, "output", "reliable", 5, "the decoded image publisher")
+
+        self._device = device or default_device()
+        self._codecs: dict[tuple[str, int], Codec] = {}
+        self._calibration = CalibrationSource(self, [] if list(fixed) == [0.0] else list(fixed))
+        self._problems = ProblemReporter(self, float(log_period))
+        self._stats = StatisticsCollector()
+        self._stats_period = float(stats_period)
+        self._scans: OrderedDict[tuple[int, str], PointCloud2] = OrderedDict()
+        self._waiting: list[_Waiting] = []
+        self._jobs: queue.Queue[tuple[CompressedFrame, np.ndarray | None, Calibration | None] | None] = queue.Queue(
+            maxsize=int(work_queue)
+        )
+
+        self._publisher = self.create_publisher(Image, "image", output_qos)
+        self._stats_publisher = self.create_publisher(CodecStatistics, "statistics", QoSProfile(depth=10))
+        self.create_subscription(CompressedFrame, "compressed", self._on_frame, input_qos)
+        self.create_subscription(PointCloud2, "points", self._on_scan, input_qos)
+        self.create_subscription(CameraInfo, "camera_info", self._calibration.set_camera_info, input_qos)
+        self.create_timer(0.05, self._retry_waiting)
+        self.create_timer(self._stats_period, self._publish_statistics)
+        self._worker = threading.Thread(target=self._work, name="pcic_decoder_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"decoding on {self._device}")
+
+    # --- matching (executor thread) ------------------------------------------------------------------
+
+    def _on_frame(self, frame: CompressedFrame) -> None:
+        self._stats.frames_in += 1
+        try:
+            read_header(bytes(frame.data))
+        except BitstreamError as error:
+            self._problems.report("corrupt_message", f"frame dropped: {error}")
+            return
+        if not self._try_queue(_Waiting(frame, time.monotonic())):
+            self._waiting.append(_Waiting(frame, time.monotonic()))
+
+    def _on_scan(self, scan: PointCloud2) -> None:
+        self._scans[(stamp_to_ns(scan.header.stamp), scan.header.frame_id)] = scan
+        while len(self._scans) > self._scan_cache_size:
+            self._scans.popitem(last=False)
+        self._retry_waiting()
+
+    def _try_queue(self, waiting: _Waiting) -> bool:
+        """Queue the frame for decoding if what it needs is here; False when it must wait."""
+        frame = waiting.frame
+        points, calibration = None, None
+        if not frame.zeros_fallback:
+            scan = self._scans.get((stamp_to_ns(frame.scan_stamp), frame.scan_frame_id))
+            if scan is None:
+                waiting.reason = "scan_timeout"
+                return False
+            try:
+                points = pointcloud2_to_points(scan)
+                calibration = self._calibration.calibration(
+                    frame.header.frame_id, frame.scan_frame_id, stamp_to_ns(frame.scan_stamp), frame.width, frame.height
+                )
+            except (TransformError, CameraInfoError) as error:
+                waiting.reason = "tf_missing" if isinstance(error, TransformError) else "camera_info_mismatch"
+                return False
+            except ConversionError as error:
+                self._problems.report("empty_scan", f"frame dropped, its scan is unreadable: {error}")
+                return True
+        try:
+            self._jobs.put_nowait((frame, points, calibration))
+        except queue.Full:
+            self._stats.frames_dropped_queue += 1
+        return True
+
+    def _retry_waiting(self) -> None:
+        now = time.monotonic()
+        still = []
+        for waiting in self._waiting:
+            if self._try_queue(waiting):
+                continue
+            if now - waiting.arrival_s > self._scan_timeout_s:
+                stamp = stamp_to_ns(waiting.frame.header.stamp)
+                self._problems.report(waiting.reason, f"frame of {stamp} ns dropped: its {waiting.reason} lasted")
+            else:
+                still.append(waiting)
+        self._waiting = still
+
+    # --- decoding (worker thread) --------------------------------------------------------------------
+
+    def _codec(self, model: str, quality: int) -> Codec:
+        if (model, quality) not in self._codecs:
+            self._codecs[(model, quality)] = Codec(model, quality, device=self._device)
+        return self._codecs[(model, quality)]
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            frame, points, calibration = job
+            data = bytes(frame.data)
+            started = time.perf_counter()
+            try:
+                header = read_header(data)
+                rgb = self._codec(header.model, header.quality).decode(data, points, calibration)
+            except ScanMismatchError as error:
+                self._stats.frames_failed += 1
+                self._problems.report("corrupt_message", f"frame dropped, not decodable with its scan: {error}")
+                continue
+            except (BitstreamError, ValueError) as error:
+                self._problems.report("corrupt_message", f"frame dropped: {error}")
+                continue
+            elapsed_ms = 1000.0 * (time.perf_counter() - started)
+            self._publisher.publish(rgb_to_image(rgb, frame.header))
+            self._stats.frames_out += 1
+            self._stats.frames_zeros_fallback += int(header.zeros_fallback)
+            self._stats.current_quality = header.quality
+            self._stats.record_frame(len(data), header.width * header.height, elapsed_ms)
+
+    def _publish_statistics(self) -> None:
+        msg = self._stats.message(self, self._problems.counts, self._jobs.qsize(), self._stats_period, encoder=False)
+        self._stats_publisher.publish(msg)
+
+    def close(self) -> None:
+        """Stop the worker after the frame it is decoding."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        self._jobs.put(None)
+        self._worker.join(timeout=30.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_node(DecoderNode, sys.argv if args is None else args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Vehicle side: camera image + LiDAR scan -> pcic_ros/CompressedFrame, a thin shell over Codec.
+
+Subscribes ``image`` (rectified sensor_msgs/Image), ``camera_info`` and ``points`` (PointCloud2),
+pairs image and scan by approximate time, takes T_camera_lidar from /tf_static and /tf (or the
+``fixed_extrinsic`` parameter), encodes on a worker thread and publishes ``compressed`` and
+``statistics``. An image that finds no usable scan is still sent, coded with the no-scan fallback.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+
+from pcic_ros.bitstream import FORMAT_VERSION
+from pcic_ros.codec import Codec, ScanError, default_device
+from pcic_ros.msg import CodecStatistics, CompressedFrame
+from pcic_ros.node_support import (
+    CalibrationSource,
+    ProblemReporter,
+    StatisticsCollector,
+    declare,
+    qos_from_parameters,
+    spin_node,
+)
+from pcic_ros.projection import Calibration
+from pcic_ros.rate_control import RateController
+from pcic_ros.ros_conversions import (
+    CameraInfoError,
+    ConversionError,
+    ImageEncodingError,
+    image_to_rgb,
+    ns_to_stamp,
+    pointcloud2_to_points,
+    stamp_to_ns,
+)
+from pcic_ros.tf_buffer import TransformError
+from pcic_ros.time_sync import ApproximateTimePairer
+
+__all__ = ["EncoderNode", "main"]
+
+
+@dataclass
+class _Job:
+    header: Header
+    rgb: np.ndarray
+    scan: np.ndarray | None
+    calibration: Calibration | None
+    scan_stamp_ns: int
+    scan_frame_id: str
+
+
+class EncoderNode(Node):
+    def __init__(self) -> None:
+        super().__init__("pcic_encoder")
+        model = declare(self, "model", "hyper-pc", "codec model (pcic_ros.zoo names, e.g. hyper-pc, hyper)")
+        best = declare(self, "quality", 4, "highest quality level to use (1..4)")
+        lowest = declare(self, "min_quality", 1, "lowest quality level rate control may fall back to (1..4)")
+        device = declare(self, "device", "", "torch device: cpu, cuda, or empty for cuda when available")
+        checkpoint = declare(self, "checkpoint", "", "weights file for model at quality; empty: shipped weights")
+        queue_size = declare(self, "sync_queue_size", 10, "messages kept per input by the image/scan pairing")
+        slop = declare(self, "sync_slop", 0.05, "largest stamp difference of a paired image and scan, seconds")
+        self._scan_timeout_s = declare(
+            self, "scan_timeout", 0.3, "seconds past the slop an image waits for its scan before it is sent without"
+        )
+        fixed = declare(
+            self, "fixed_extrinsic", [0.0], "row-major 4x4 T_camera_lidar instead of TF; [0.0] means use TF"
+        )
+        target = declare(self, "target_bitrate", 0.0, "bits per second to stay under; 0 disables rate control")
+        burst = declare(self, "burst_seconds", 1.0, "seconds of target_bitrate that one burst may use")
+        work_queue = declare(self, "work_queue_size", 2, "images waiting for the encoder; more are dropped")
+        stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
+        log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
+        input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the camera and LiDAR subscriptions")
+        output_qos = qos_from_parameters(self, "output", "best_effort", 5, "the compressed frame publisher")
+
+        qualities = list(range(int(lowest), int(best) + 1))
+        device = device or default_device()
+        self._codecs = {q: Codec(model, q, device=device, checkpoint=checkpoint or None) for q in qualities}
+        self._model = model
+        self._rate = RateController(qualities, float(target), float(burst))
+        self._pairer: ApproximateTimePairer[Image, PointCloud2] = ApproximateTimePairer(
+            int(queue_size), int(slop * 1e9)
+        )
+        self._calibration = CalibrationSource(self, [] if list(fixed) == [0.0] else list(fixed))
+        self._problems = ProblemReporter(self, float(log_period))
+        self._stats = StatisticsCollector(target_bits_per_second=float(target), current_quality=qualities[-1])
+        self._stats_period = float(stats_period)
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=int(work_queue))
+
+        self._publisher = self.create_publisher(CompressedFrame, "compressed", output_qos)
+        self._stats_publisher = self.create_publisher(CodecStatistics, "statistics", QoSProfile(depth=10))
+        self.create_subscription(Image, "image", self._on_image, input_qos)
+        self.create_subscription(PointCloud2, "points", self._on_scan, input_qos)
+        self.create_subscription(CameraInfo, "camera_info", self._calibration.set_camera_info, input_qos)
+        self.create_timer(0.05, self._expire_images)
+        self.create_timer(self._stats_period, self._publish_statistics)
+        self._worker = threading.Thread(target=self._work, name="pcic_encoder_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"encoding with {model} q{qualities[0]}..q{qualities[-1]} on {device}")
+
+    # --- pairing (executor thread) -------------------------------------------------------------------
+
+    def _now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def _on_image(self, msg: Image) -> None:
+        self._stats.frames_in += 1
+        with self._lock:
+            pair = self._pairer.add_image(stamp_to_ns(msg.header.stamp), msg, self._now_ns())
+            evicted, self._pairer.evicted_images = self._pairer.evicted_images, []
+        self._stats.frames_dropped_queue += len(evicted)
+        if pair is not None:
+            self._prepare(pair.image, pair.scan)
+
+    def _on_scan(self, msg: PointCloud2) -> None:
+        with self._lock:
+            pair = self._pairer.add_scan(stamp_to_ns(msg.header.stamp), msg, self._now_ns())
+        if pair is not None:
+            self._prepare(pair.image, pair.scan)
+
+    def _expire_images(self) -> None:
+        with self._lock:
+            expired = self._pairer.expire(self._now_ns(), int(self._scan_timeout_s * 1e9))
+        for _, image in expired:
+            self._problems.report("scan_timeout", "no LiDAR scan paired with the image in time: sending it without")
+            self._prepare(image, None)
+
+    def _prepare(self, image: Image, scan: PointCloud2 | None) -> None:
+        """Convert the inputs and queue the frame; a scan that cannot be used means the no-scan fallback."""
+        try:
+            rgb = image_to_rgb(image)
+        except ImageEncodingError as error:
+            self._problems.report("bad_encoding", f"image dropped: {error}")
+            return
+        except ConversionError as error:
+            self._problems.report("bad_encoding", f"image dropped, malformed: {error}")
+            return
+        points, calibration = None, None
+        if scan is not None:
+            points, calibration = self._scan_inputs(image, scan, rgb.shape[1], rgb.shape[0])
+        used = points is not None
+        job = _Job(
+            image.header,
+            rgb,
+            points,
+            calibration,
+            stamp_to_ns(scan.header.stamp) if used else 0,
+            scan.header.frame_id if used else "",
+        )
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            self._stats.frames_dropped_queue += 1
+
+    def _scan_inputs(
+        self, image: Image, scan: PointCloud2, width: int, height: int
+    ) -> tuple[np.ndarray | None, Calibration | None]:
+        try:
+            points = pointcloud2_to_points(scan)
+        except ConversionError as error:
+            self._problems.report("empty_scan", f"unreadable scan, sending without: {error}")
+            return None, None
+        total = int(scan.width) * int(scan.height)
+        if total == 0:
+            self._problems.report("empty_scan", "empty scan: sending the image without")
+            return None, None
+        if len(points) < total:
+            self._problems.report("nan_scan", f"scan has {total - len(points)} of {total} points non-finite")
+            if len(points) == 0:
+                return None, None
+        try:
+            calibration = self._calibration.calibration(
+                image.header.frame_id, scan.header.frame_id, stamp_to_ns(scan.header.stamp), width, height
+            )
+        except CameraInfoError as error:
+            self._problems.report("camera_info_mismatch", f"sending without the scan: {error}")
+            return None, None
+        except TransformError as error:
+            self._problems.report("tf_missing", f"sending without the scan: {error}")
+            return None, None
+        return points, calibration
+
+    # --- encoding (worker thread) --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._encode(job)
+            except Exception as error:  # A frame that fails to encode must not stop the worker.
+                self._stats.frames_failed += 1
+                self.get_logger().error(f"encoding failed: {error}", throttle_duration_sec=10.0)
+
+    def _encode(self, job: _Job) -> None:
+        scan, calibration = job.scan, job.calibration
+        height, width = job.rgb.shape[:2]
+        for quality in self._rate.candidates(time.monotonic()):
+            started = time.perf_counter()
+            try:
+                frame = self._codecs[quality].encode_frame(job.rgb, scan, calibration)
+            except ScanError as error:
+                self._problems.report("no_points_in_view", f"sending without the scan: {error}")
+                scan = calibration = None
+                frame = self._codecs[quality].encode_frame(job.rgb, None, None)
+            elapsed_ms = 1000.0 * (time.perf_counter() - started)
+            self._rate.observe(quality, 8 * len(frame.data))
+            if not self._rate.try_send(8 * len(frame.data), time.monotonic()):
+                continue
+            msg = CompressedFrame(
+                header=job.header,
+                zeros_fallback=frame.header.zeros_fallback,
+                codec=self._model,
+                format_version=FORMAT_VERSION,
+                quality=quality,
+                width=width,
+                height=height,
+                data=frame.data,
+            )
+            if scan is not None:
+                msg.scan_stamp = ns_to_stamp(job.scan_stamp_ns)
+                msg.scan_frame_id = job.scan_frame_id
+            self._publisher.publish(msg)
+            self._stats.frames_out += 1
+            self._stats.frames_zeros_fallback += int(frame.header.zeros_fallback)
+            self._stats.current_quality = quality
+            self._stats.record_frame(len(frame.data), width * height, elapsed_ms)
+            return
+        self._stats.frames_dropped_budget += 1
+
+    def _publish_statistics(self) -> None:
+        msg = self._stats.message(self, self._problems.counts, self._jobs.qsize(), self._stats_period, encoder=True)
+        self._stats_publisher.publish(msg)
+
+    def close(self) -> None:
+        """Stop the worker after the frame it is encoding."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        self._jobs.put(None)
+        self._worker.join(timeout=30.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_node(EncoderNode, sys.argv if args is None else args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""What the encoder and decoder nodes share: parameters, QoS, calibration from CameraInfo and TF,
+problem reporting and the statistics message."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo
+
+from pcic_ros.msg import CodecStatistics
+from pcic_ros.projection import Calibration, CalibrationError
+from pcic_ros.ros_conversions import CameraInfoError, camera_projection
+from pcic_ros.tf_buffer import TransformBuffer, TransformError
+
+__all__ = [
+    "declare",
+    "qos_from_parameters",
+    "CalibrationSource",
+    "ProblemReporter",
+    "StatisticsCollector",
+    "spin_node",
+]
+
+#: Input problems counted in CodecStatistics, by field name.
+PROBLEM_FIELDS = (
+    "empty_scan",
+    "nan_scan",
+    "no_points_in_view",
+    "tf_missing",
+    "camera_info_mismatch",
+    "bad_encoding",
+    "corrupt_message",
+    "scan_timeout",
+)
+
+
+def declare(node: Node, name: str, default: object, description: str) -> object:
+    """Declare a parameter with its description and return its value."""
+    return node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+
+def qos_from_parameters(node: Node, prefix: str, reliability: str, depth: int, what: str) -> QoSProfile:
+    """A QoS profile from the parameters ``<prefix>_reliability`` and ``<prefix>_depth``."""
+    chosen = declare(node, f"{prefix}_reliability", reliability, f"QoS reliability of {what}: best_effort or reliable")
+    history = declare(node, f"{prefix}_depth", depth, f"QoS history depth of {what}")
+    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+    if chosen not in policies:
+        raise ValueError(f"parameter {prefix}_reliability must be best_effort or reliable, got '{chosen}'")
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=int(history),
+        reliability=policies[chosen],
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+class CalibrationSource:
+    """The calibration of a frame: P from the latest CameraInfo, T_camera_lidar from TF at the scan's
+    stamp (or from the ``fixed_extrinsic`` parameter). The vehicle and the base station build it with
+    this same code from the same messages, so both project the scan identically."""
+
+    def __init__(self, node: Node, fixed_extrinsic: list[float]) -> None:
+        self.transforms = TransformBuffer()
+        self._camera_info: CameraInfo | None = None
+        self._fixed: np.ndarray | None = None
+        if fixed_extrinsic:
+            if len(fixed_extrinsic) != 16:
+                raise ValueError(f"fixed_extrinsic needs 16 values (row-major 4x4), got {len(fixed_extrinsic)}")
+            self._fixed = np.asarray(fixed_extrinsic, dtype=np.float64).reshape(4, 4)
+        from tf2_msgs.msg import TFMessage
+
+        # /tf_static is latched by its publishers: transient local to get what was sent before we started.
+        static_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        node.create_subscription(TFMessage, "/tf_static", lambda msg: self._add(msg, True), static_qos)
+        node.create_subscription(TFMessage, "/tf", lambda msg: self._add(msg, False), QoSProfile(depth=100))
+        self._lock = threading.Lock()
+        self._logger = node.get_logger()
+
+    def _add(self, msg: object, static: bool) -> None:
+        with self._lock:
+            for transform in msg.transforms:
+                try:
+                    self.transforms.add(transform, static)
+                except TransformError as error:
+                    self._logger.warning(f"ignored a transform: {error}", throttle_duration_sec=10.0)
+
+    def set_camera_info(self, info: CameraInfo) -> None:
+        self._camera_info = info
+
+    def calibration(self, camera_frame: str, lidar_frame: str, stamp_ns: int, width: int, height: int) -> Calibration:
+        """Raises CameraInfoError (no or mismatching CameraInfo) or TransformError (no transform)."""
+        if self._camera_info is None:
+            raise CameraInfoError("no CameraInfo received yet")
+        projection = camera_projection(self._camera_info, width, height)
+        if self._fixed is not None:
+            extrinsic = self._fixed
+        else:
+            with self._lock:
+                extrinsic = self.transforms.lookup(camera_frame, lidar_frame, stamp_ns)
+        try:
+            return Calibration.from_matrices(projection, extrinsic)
+        except CalibrationError as error:
+            raise CameraInfoError(str(error)) from None
+
+
+class ProblemReporter:
+    """Counts input problems per cause and logs each cause at most once per ``period_s``."""
+
+    def __init__(self, node: Node, period_s: float) -> None:
+        self._logger = node.get_logger()
+        self._period_s = period_s
+        self._last_logged: dict[str, float] = {}
+        self.counts = dict.fromkeys(PROBLEM_FIELDS, 0)
+
+    def report(self, cause: str, message: str) -> None:
+        self.counts[cause] += 1
+        now = time.monotonic()
+        last = self._last_logged.get(cause)
+        if last is None or now - last >= self._period_s:
+            self._last_logged[cause] = now
+            self._logger.warning(f"[{cause}, {self.counts[cause]} so far] {message}")
+
+
+@dataclass
+class StatisticsCollector:
+    """Counters (totals) and per-period means of one node, turned into CodecStatistics."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped_queue: int = 0
+    frames_dropped_budget: int = 0
+    frames_zeros_fallback: int = 0
+    frames_failed: int = 0
+    last_bytes: int = 0
+    current_quality: int = 0
+    target_bits_per_second: float = 0.0
+    _sizes: list[tuple[float, int, int]] = field(default_factory=list)
+    _times_ms: list[float] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_frame(self, size: int, pixels: int, elapsed_ms: float) -> None:
+        with self._lock:
+            self.last_bytes = size
+            self._sizes.append((time.monotonic(), size, pixels))
+            self._times_ms.append(elapsed_ms)
+
+    def message(self, node: Node, problems: dict[str, int], queue_depth: int, period_s: float, encoder: bool):
+        with self._lock:
+            sizes, times = self._sizes, self._times_ms
+            self._sizes, self._times_ms = [], []
+        stats = CodecStatistics(node_name=node.get_fully_qualified_name())
+        stats.header.stamp = node.get_clock().now().to_msg()
+        for name in ("frames_in", "frames_out", "frames_dropped_queue", "frames_dropped_budget",
+                     "frames_zeros_fallback", "frames_failed", "last_bytes", "current_quality"):  # fmt: skip
+            setattr(stats, name, int(getattr(self, name)))
+        stats.target_bits_per_second = float(self.target_bits_per_second)
+        if sizes:
+            stats.mean_bytes = float(np.mean([s for _, s, _ in sizes]))
+            stats.mean_bpp = float(np.mean([8.0 * s / p for _, s, p in sizes]))
+            stats.bits_per_second = 8.0 * sum(s for _, s, _ in sizes) / period_s
+        if times:
+            mean, peak = float(np.mean(times)), float(np.max(times))
+            if encoder:
+                stats.encode_ms_mean, stats.encode_ms_max = mean, peak
+            else:
+                stats.decode_ms_mean, stats.decode_ms_max = mean, peak
+        stats.queue_depth = queue_depth
+        for name, count in problems.items():
+            setattr(stats, name, count)
+        return stats
+
+
+def spin_node(create: Callable[[], Node], args: list[str] | None) -> int:
+    """Run a node until SIGINT or SIGTERM (both end it cleanly, as a launcher sends them)."""
+    rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        node = create()
+        executor = rclpy.executors.SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        return 0
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
