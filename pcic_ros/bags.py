@@ -53,6 +53,8 @@ KITTI_FRAME_PERIOD_NS = 100_000_000
 
 
 def _open_writer(out: Path) -> Writer:
+    if out.exists():
+        raise ValueError(f"{out} already exists; give a new bag folder")
     writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.open()
     return writer
@@ -142,6 +144,13 @@ def from_kitti(drive: str | Path, out: str | Path, max_frames: int | None = None
 # --- ROS side (play, record) -----------------------------------------------------------------------
 
 
+def _existing_bag(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag not found: {path}")
+    return path
+
+
 def _ros_message_class(msgtype: str) -> type:
     """The rclpy message class of 'pkg/msg/Name'; ImportError when its package is not installed."""
     package, _, name = msgtype.split("/")
@@ -208,7 +217,7 @@ def play(
     if rate <= 0:
         raise ValueError(f"--rate must be positive, got {rate}")
     wanted = set(topics) if topics else None
-    with _RosSession("pcic_bag_play") as ros, Reader(Path(bag)) as reader:
+    with _RosSession("pcic_bag_play") as ros, Reader(_existing_bag(bag)) as reader:
         logger = ros.node.get_logger()
         publishers = {}
         for connection in reader.connections:
@@ -461,7 +470,7 @@ def decode(
     from pcic_ros.codec import Codec
     from pcic_ros.metrics import psnr
 
-    bags = [Path(bag)] + ([Path(scans_bag)] if scans_bag is not None else [])
+    bags = [_existing_bag(bag)] + ([_existing_bag(scans_bag)] if scans_bag is not None else [])
     index = _BagIndex(
         bags, [bm.COMPRESSED_FRAME_TYPE, bm.POINT_CLOUD_TYPE, bm.IMAGE_TYPE, bm.CAMERA_INFO_TYPE, bm.TF_MESSAGE_TYPE]
     )
