@@ -230,8 +230,9 @@ def play(
                 continue
             qos = _qos(reliable or connection.topic == TF_STATIC_TOPIC, connection.topic == TF_STATIC_TOPIC, depth)
             publishers[connection.topic] = ros.node.create_publisher(message_class, connection.topic, qos)
-        if wanted is not None and wanted - {c.topic for c in reader.connections}:
-            logger.warning(f"not in the bag: {', '.join(sorted(wanted - {c.topic for c in reader.connections}))}")
+        absent = (wanted or set()) - {c.topic for c in reader.connections}
+        if absent:
+            logger.warning(f"not in the bag: {', '.join(sorted(absent))}")
         if not publishers:
             raise ValueError(f"{bag}: nothing to play")
         _wait_for_subscribers(ros, publishers, wait_for_subscribers)
@@ -520,7 +521,7 @@ def decode(
                 scan_state = f"missing (no PointCloud2 stamped {_format_stamp(scan_stamp)})"
         png = out_dir / f"{_format_stamp(stamp_ns)}.png"
         error = ""
-        decode_ms = quality = None
+        decode_ms = psnr_db = None
         try:
             if isinstance(frame_calibration, CalibrationError):
                 raise frame_calibration
@@ -540,7 +541,7 @@ def decode(
             matches = originals.get(stamp_ns, [])
             if matches:
                 original = bm.image_from_message(index.typestore.deserialize_cdr(matches[0][1], bm.IMAGE_TYPE))
-                quality = psnr(original, image) if original.shape == image.shape else None
+                psnr_db = psnr(original, image) if original.shape == image.shape else None
         rows.append(
             DecodedFrame(
                 stamp_ns=stamp_ns,
@@ -548,7 +549,7 @@ def decode(
                 bpp=8.0 * len(data) / max(1, int(message.width) * int(message.height)),
                 zeros_fallback=bool(message.zeros_fallback),
                 scan=scan_state,
-                psnr=quality,
+                psnr=psnr_db,
                 decode_ms=decode_ms,
                 png=png.name if not error else "",
                 error=error,
