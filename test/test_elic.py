@@ -180,3 +180,18 @@ def test_widened_elic_matches_elic_pc_in_parameter_count(codecs):
     elic, elic_pc, elic_pa = (parameter_count(codecs[name].model) for name in ("elic", "elic-pc", "elic-pa"))
     assert elic < elic_pc
     assert abs(elic_pa - elic_pc) <= 0.03 * elic_pc, (elic_pa, elic_pc)
+
+
+def test_training_forward_reaches_every_point_cloud_path():
+    model = create_model("elic-pc", pretrained=False).train()
+    x, c_proj = torch.rand(2, 3, 64, 128), torch.rand(2, 1, 64, 128)
+    out = model(x, c_proj)
+    assert out["x_hat"].shape == x.shape and out["c_pre"].shape == x.shape
+    assert out["likelihoods"]["y"].shape == (2, model.M, 4, 8)
+    assert out["likelihoods"]["z"].shape == (2, model.N, 1, 2)
+    rate = sum(-likelihoods.log2().sum() for likelihoods in out["likelihoods"].values())
+    (rate + (out["x_hat"] - x).square().mean()).backward()
+    # FF's output is trained through the refiner, and the loss reaches back to PIP.
+    assert model.branch.mcm.fuse4.weight.grad.abs().sum() > 0
+    assert model.refiner.layers[0].weight.grad.abs().sum() > 0
+    assert model.branch.pip.layers[0].weight.grad.abs().sum() > 0
