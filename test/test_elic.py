@@ -195,3 +195,12 @@ def test_training_forward_reaches_every_point_cloud_path():
     assert model.branch.mcm.fuse4.weight.grad.abs().sum() > 0
     assert model.refiner.layers[0].weight.grad.abs().sum() > 0
     assert model.branch.pip.layers[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_round_trip_is_bit_exact():
+    image, scan, calib = load_layout_frame("kitti_raw")
+    for name in MODELS:
+        codec = Codec(name, 4, device="cuda")
+        frame = codec.encode_frame(image, scan, calib)
+        np.testing.assert_array_equal(codec.decode(frame.data, scan, calib), frame.reconstruction, err_msg=name)
