@@ -203,7 +203,9 @@ class EncoderNode(Node):
     def _encode(self, job: _Job) -> None:
         scan, calibration = job.scan, job.calibration
         height, width = job.rgb.shape[:2]
-        for quality in self._rate.candidates(time.monotonic()):
+        # The budget runs on the images' stamps: the stream's own clock, the same live or from a bag.
+        stream_s = stamp_to_ns(job.header.stamp) / 1e9
+        for quality in self._rate.candidates(stream_s):
             started = time.perf_counter()
             try:
                 frame = self._codecs[quality].encode_frame(job.rgb, scan, calibration)
@@ -213,7 +215,7 @@ class EncoderNode(Node):
                 frame = self._codecs[quality].encode_frame(job.rgb, None, None)
             elapsed_ms = 1000.0 * (time.perf_counter() - started)
             self._rate.observe(quality, 8 * len(frame.data))
-            if not self._rate.try_send(8 * len(frame.data), time.monotonic()):
+            if not self._rate.try_send(8 * len(frame.data), stream_s):
                 continue
             msg = CompressedFrame(
                 header=job.header,

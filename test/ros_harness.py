@@ -69,7 +69,6 @@ class NodeProcess:
         )
 
     def output(self) -> str:
-        self._log_file.flush()
         return self.log.read_text()
 
     def stop(self) -> int:
