@@ -12,7 +12,13 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch", "compressai", "numpy", "pillow", "tqdm", "pyyaml"],
     zip_safe=False,
-    entry_points={"console_scripts": ["pcic = pcic_ros.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "pcic = pcic_ros.cli:main",
+            "pcic_encoder_node = pcic_ros.encoder_node:main",
+            "pcic_decoder_node = pcic_ros.decoder_node:main",
+        ]
+    },
     license="Apache-2.0",
     description="LiDAR-assisted learned image compression for ROS 2 vehicles",
 )

@@ -1,0 +1,80 @@
+"""The launch files name only things that exist: nodes, executables, parameter files and parameters,
+remapped topics, included files; and pcic launch reads them."""
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pcic_ros.cli import build_parser, main
+from pcic_ros.launch_runner import NODE_MODULES, LaunchError, parse_launch
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.xml"))
+ARGUMENTS = {"bag": "/nonexistent/bag"}
+
+
+def module_source(executable: str) -> str:
+    return Path(importlib.util.find_spec(NODE_MODULES[executable]).origin).read_text()
+
+
+def test_launch_files_exist():
+    assert {path.name for path in LAUNCH_FILES} == {"vehicle.launch.xml", "base_station.launch.xml", "demo.launch.xml"}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda path: path.name)
+def test_everything_a_launch_file_names_exists(path):
+    processes = parse_launch(path, ARGUMENTS)
+    assert processes
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    for process in processes:
+        if not process.executable:
+            # Executables other than our nodes are pcic subcommands.
+            assert process.command[0] == "pcic"
+            build_parser().parse_args(process.command[1:])
+            continue
+        script = REPO / "nodes" / process.executable
+        assert script.is_file() and os.access(script, os.X_OK)
+        assert f"nodes/{process.executable}" in cmake
+        source = module_source(process.executable)
+        declared = set(re.findall(r'declare\(\s*self,\s*"(\w+)"', source))
+        declared |= {f"{prefix}_{kind}" for prefix in re.findall(r'qos_from_parameters\(self, "(\w+)"', source)
+                     for kind in ("reliability", "depth")}  # fmt: skip
+        topics = set(re.findall(r'create_(?:subscription|publisher)\(\w+, "(\w+)"', source))
+        assert process.param_files
+        for param_file in process.param_files:
+            parameters = yaml.safe_load(param_file.read_text())["/**"]["ros__parameters"]
+            assert set(parameters) <= declared, set(parameters) - declared
+        assert set(process.remaps) <= topics, set(process.remaps) - topics
+        pairs = zip(process.command[:-1], process.command[1:], strict=True)
+        overrides = [value for flag, value in pairs if flag == "-p"]
+        assert {override.split(":=")[0] for override in overrides} <= declared
+
+
+def test_parameter_files_set_every_declared_parameter():
+    for executable, config in (("encoder_node", "encoder.yaml"), ("decoder_node", "decoder.yaml")):
+        source = module_source(executable)
+        declared = set(re.findall(r'declare\(\s*self,\s*"(\w+)"', source))
+        parameters = yaml.safe_load((REPO / "config" / config).read_text())["/**"]["ros__parameters"]
+        assert declared <= set(parameters), declared - set(parameters)
+
+
+def test_missing_required_argument_and_unknown_tags_are_reported(tmp_path):
+    with pytest.raises(LaunchError, match="bag"):
+        parse_launch(REPO / "launch" / "demo.launch.xml", {})
+    odd = tmp_path / "odd.launch.xml"
+    odd.write_text('<launch><group><node pkg="pcic_ros" exec="encoder_node"/></group></launch>')
+    with pytest.raises(LaunchError, match="group"):
+        parse_launch(odd, {})
+
+
+def test_pcic_launch_prints_the_node_commands(capsys):
+    assert main(["launch", str(REPO / "launch" / "demo.launch.xml"), "bag:=/data/drive", "--print"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert "pcic_ros.encoder_node" in lines[0] and "__ns:=/vehicle" in lines[0]
+    assert "pcic_ros.decoder_node" in lines[1] and "image:=/pcic/image" in lines[1]
+    assert lines[2] == "pcic bag play /data/drive"
