@@ -22,7 +22,13 @@ from pcic_ros.projection import Calibration, CalibrationError
 __all__ = ["main", "build_parser", "load_calibration"]
 
 #: Modules that add subcommands besides the ones defined here.
-SUBCOMMAND_MODULES: list[str] = ["pcic_ros.demo", "pcic_ros.bags", "pcic_ros.launch_runner"]
+SUBCOMMAND_MODULES: list[str] = [
+    "pcic_ros.demo",
+    "pcic_ros.training_data",
+    "pcic_ros.training",
+    "pcic_ros.bags",
+    "pcic_ros.launch_runner",
+]
 
 
 def load_calibration(path: str | Path) -> Calibration:

@@ -1,0 +1,547 @@
+"""``pcic train``: train HYPER / HYPER-PC with the loss of eq. 14, on CPU, one GPU or many (DDP).
+
+    L = R(y_hat | z_hat, c) + R(z_hat) + lambda * D(x, x_hat) + alpha * L_pre,   L_pre = D(rand(x), c_pre)
+
+R is in bits per pixel and D = 255^2 * MSE on images in [0, 1] (CompressAI's RateDistortionLoss, for
+which the paper's lambdas 0.004 ... 0.032 are meant); L_pre uses the same D. alpha follows a schedule
+given as fractions of the run (the paper: 0.01 for the first half, 0.005 up to 90 %, then 0). Adam for
+the network, a second Adam for CompressAI's auxiliary loss of the entropy bottleneck.
+
+A run is a folder: ``config.yaml`` (every hyperparameter), ``train_log.csv``, ``validation_log.csv``,
+``last.pt`` (weights, optimisers, scheduler and step, for ``--resume``) and ``model.pt`` (weights with
+updated CDFs, loadable by ``pcic_ros.zoo.create_model(name, quality, checkpoint=...)``; ``--install``
+copies it to where the registry finds it by name).
+
+Runs are reproducible: the samples of step s depend only on (seed, s) (see ``CropDataset``), and the
+quantisation noise of step s only on (seed, s, rank), so a resumed run continues exactly as an
+uninterrupted one would. Under ``torchrun`` the process group comes from the environment (NCCL on
+CUDA, gloo on CPU) and ``batch_size`` is the global batch, split evenly over the processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from compressai.losses import RateDistortionLoss
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from pcic_ros.datasets import DataError, discover_frames
+from pcic_ros.metrics import psnr
+from pcic_ros.models import PointCloudCompressionModel
+from pcic_ros.projection import equalize_depth, project_points
+from pcic_ros.training_data import (
+    DEFAULT_VALIDATION_SEQUENCES,
+    PAPER_CROP,
+    CropDataset,
+    crop_box,
+    crop_calibration,
+    default_cache_dir,
+    prepare_cache,
+    split_by_sequence,
+)
+from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path, create_model
+
+__all__ = [
+    "TrainConfig",
+    "alpha_at",
+    "export_checkpoint",
+    "code_image",
+    "train",
+    "add_parser",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a run; ``config.yaml`` in the run folder is this, written out."""
+
+    model: str = "hyper-pc"
+    quality: int = 4
+    #: lambda of eq. 14; None means QUALITY_LAMBDAS[quality].
+    lmbda: float | None = None
+    data: str = "../shared/data"
+    #: c_proj cache; None means beside the data (see ``pcic prepare``).
+    cache: str | None = None
+    validation_sequences: list[str] = field(default_factory=lambda: list(DEFAULT_VALIDATION_SEQUENCES))
+    crop_size: int = 256
+    #: Global batch: split evenly over the processes of a distributed run.
+    batch_size: int = 8
+    steps: int = 1_000_000
+    learning_rate: float = 1e-4
+    #: [fraction of the run, factor]: the learning rate is multiplied by factor from that point on.
+    learning_rate_drops: list[list[float]] = field(default_factory=list)
+    aux_learning_rate: float = 1e-3
+    #: [until fraction of the run, alpha], in order; the paper's 0.01 / 0.005 / 0 over 1M steps.
+    alpha_schedule: list[list[float]] = field(default_factory=lambda: [[0.5, 0.01], [0.9, 0.005], [1.0, 0.0]])
+    clip_max_norm: float = 1.0
+    seed: int = 0
+    #: 'cpu', 'cuda' or None for CUDA when available.
+    device: str | None = None
+    num_workers: int = 2
+    log_every: int = 10
+    validate_every: int = 1000
+    #: Validation frames, spread evenly over the validation split (0: all of them).
+    validation_frames: int = 8
+    #: Crop of the validation frames, [height, width] (the paper's 1242 x 256), or None for whole frames.
+    validation_crop: list[int] | None = field(default_factory=lambda: list(PAPER_CROP))
+    checkpoint_every: int = 1000
+    output: str = "out/train/run"
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model '{self.model}'; registered: {', '.join(sorted(MODELS))}")
+        if self.quality not in QUALITY_LAMBDAS:
+            raise ValueError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {self.quality}")
+        for name in ("crop_size", "batch_size", "steps", "log_every", "validate_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        fractions = [float(until) for until, _ in self.alpha_schedule]
+        if not fractions or fractions != sorted(fractions) or fractions[-1] < 1.0:
+            raise ValueError("alpha_schedule must be [until_fraction, alpha] pairs in order, the last reaching 1.0")
+
+    @property
+    def lagrangian(self) -> float:
+        return self.lmbda if self.lmbda is not None else QUALITY_LAMBDAS[self.quality]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: object) -> TrainConfig:
+        """Read a config file; keyword arguments that are not None replace its values."""
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+
+def alpha_at(schedule: Sequence[Sequence[float]], step: int, steps: int) -> float:
+    """alpha of eq. 14 at ``step`` of a ``steps``-long run: the first entry whose fraction is not passed."""
+    fraction = step / steps
+    for until, alpha in schedule:
+        if fraction < until:
+            return float(alpha)
+    return float(schedule[-1][1])
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class StepBatches(Sampler[list[int]]):
+    """Batches of sample numbers for steps [start, stop): step s, rank r takes s * B + r * b + (0..b-1)."""
+
+    def __init__(self, start: int, stop: int, global_batch: int, rank: int, world_size: int) -> None:
+        self.start, self.stop = start, stop
+        self.global_batch, self.rank = global_batch, rank
+        self.local_batch = global_batch // world_size
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            first = step * self.global_batch + self.rank * self.local_batch
+            yield list(range(first, first + self.local_batch))
+
+
+def _optimizers(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """CompressAI's split: the entropy bottleneck's quantiles are trained by the auxiliary loss alone."""
+    main = [p for name, p in model.named_parameters() if not name.endswith(".quantiles")]
+    aux = [p for name, p in model.named_parameters() if name.endswith(".quantiles")]
+    return torch.optim.Adam(main, lr=config.learning_rate), torch.optim.Adam(aux, lr=config.aux_learning_rate)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    drops = sorted((int(fraction * config.steps), float(factor)) for fraction, factor in config.learning_rate_drops)
+
+    def factor(step: int) -> float:
+        return math.prod(f for at, f in drops if step >= at)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def export_checkpoint(
+    model: PointCloudCompressionModel, path: str | Path, half: bool = True, metadata: dict | None = None
+) -> Path:
+    """Write weights that code real bitstreams: parameters (fp16 when ``half``) and every buffer as-is.
+
+    The parameters are rounded to fp16 *before* CompressAI's ``update()`` builds the CDF tables, so the
+    stored tables are exactly those of the stored weights; integer tables stay int32, and the float
+    scale table stays float32. A model loaded from the file is therefore identical to the exported
+    one, and encoder and decoder in any process agree bit for bit.
+    """
+    model = copy.deepcopy(model).cpu().eval()
+
+    def round_parameters() -> None:
+        if half:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.copy_(parameter.half().float())
+
+    round_parameters()
+    # The bisection search places the entropy bottleneck's quantiles more precisely than a short run
+    # of the auxiliary loss does; the CDF tables are then rebuilt from the rounded quantiles.
+    model.update(force=True, update_quantiles=True)
+    round_parameters()
+    model.update(force=True)
+    parameters = {name for name, _ in model.named_parameters()}
+    state = {
+        name: tensor.half() if half and name in parameters else tensor.clone()
+        for name, tensor in model.state_dict().items()
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"state_dict": state, **(metadata or {})}, partial)
+    partial.replace(path)
+    return path
+
+
+@torch.inference_mode()
+def code_image(
+    model: PointCloudCompressionModel, image: np.ndarray, equalized: np.ndarray | None
+) -> tuple[int, np.ndarray]:
+    """Compress and decompress one H x W x 3 uint8 image through real bitstreams, padded as ``Codec``
+    pads; returns (bytes of the y and z strings, decoded image). The model must be ``update()``-d."""
+    device = next(model.parameters()).device
+    height, width = image.shape[:2]
+    factor = model.downsampling_factor
+    padded = (-(-height // factor) * factor, -(-width // factor) * factor)
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
+    c_proj = None
+    if model.branch is not None:
+        c_proj = torch.zeros((1, 1, *padded), device=device)
+        if equalized is not None:
+            c_proj[0, 0, :height, :width] = torch.from_numpy(equalized).to(device).float().div_(255.0)
+    out = model.compress(x, c_proj)
+    x_hat = model.decompress(out["strings"], out["shape"], c_proj)["x_hat"]
+    num_bytes = sum(len(string) for strings in out["strings"] for string in strings)
+    pixels = x_hat[0, :, :height, :width].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return num_bytes, pixels.permute(1, 2, 0).cpu().numpy()
+
+
+class _Validation:
+    """The validation frames, cropped and projected once; ``run`` codes them with a copy of the model."""
+
+    def __init__(self, config: TrainConfig, frames: Sequence, levels: int) -> None:
+        count = len(frames) if config.validation_frames == 0 else min(config.validation_frames, len(frames))
+        picked = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, count).round()] if count else []
+        crop = tuple(config.validation_crop) if config.validation_crop else None
+        self.items = []
+        for frame in picked:
+            image = frame.image()
+            top, left, height, width = crop_box(*image.shape[:2], crop)
+            calibration = crop_calibration(frame.calibration(), top, left)
+            equalized = equalize_depth(project_points(frame.scan(), calibration, height, width), levels)
+            self.items.append((np.ascontiguousarray(image[top : top + height, left : left + width]), equalized))
+
+    def run(self, model: PointCloudCompressionModel) -> dict[str, float]:
+        model = copy.deepcopy(model).eval()
+        model.update(force=True)
+        bpps, psnrs = [], []
+        for image, equalized in self.items:
+            num_bytes, decoded = code_image(model, image, equalized)
+            bpps.append(8.0 * num_bytes / (image.shape[0] * image.shape[1]))
+            psnrs.append(psnr(image, decoded))
+        return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
+
+
+def _append_csv(path: Path, row: dict[str, object]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Drop rows logged after ``last_step`` (by a run that stopped before its next checkpoint)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(row for row in rows if int(row["step"]) <= last_step)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local rank, world size); initialises the process group when started by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world_size
+
+
+def _device(config: TrainConfig, local_rank: int) -> torch.device:
+    name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    install: bool = False,
+    progress: bool = True,
+    until: int | None = None,
+) -> dict[str, float]:
+    """Run (or, with ``resume``, continue) training as configured; returns the last validation result.
+
+    Rank 0 writes the run folder; every rank trains. ``until`` stops the run after that step with a
+    checkpoint, as a time-limited job would (schedules still follow ``config.steps``); ``resume``
+    continues from it. With ``install`` the exported model is also copied to
+    ``pcic_ros/checkpoints/<model>-q<quality>.pt``, where ``create_model`` finds it by name.
+    """
+    stop = config.steps if until is None else min(until, config.steps)
+    rank, local_rank, world_size = _distributed()
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size {config.batch_size} does not split over {world_size} processes")
+    device = _device(config, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    output = Path(config.output)
+    data_root = Path(config.data)
+    cache_dir = Path(config.cache) if config.cache else default_cache_dir(data_root)
+
+    split = split_by_sequence(discover_frames(data_root), config.validation_sequences)
+    if not split.train:
+        raise DataError(f"no training frames in {data_root} outside {config.validation_sequences}")
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        config.to_yaml(output / "config.yaml")
+        prepare_cache(split.train, data_root, cache_dir, progress=False)
+    if world_size > 1:
+        dist.barrier()
+
+    model = create_model(config.model, config.quality, pretrained=False, device=device).train()
+    levels = model.point_cloud.depth_levels if model.point_cloud is not None else 255
+    optimizer, aux_optimizer = _optimizers(model, config)
+    # Only the main optimiser's parameters are clipped: the quantiles' gradient is the auxiliary loss's.
+    main_parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    has_pip = model.branch is not None and model.branch.pip is not None
+    pip_ids = {id(p) for p in model.branch.pip.parameters()} if has_pip else set()
+    clip_groups = [
+        group
+        for group in (
+            [p for p in main_parameters if id(p) in pip_ids],
+            [p for p in main_parameters if id(p) not in pip_ids],
+        )
+        if group
+    ]
+    scheduler = _scheduler(optimizer, config)
+    start = 0
+    if resume:
+        state = torch.load(output / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        aux_optimizer.load_state_dict(state["aux_optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        if rank == 0:
+            for log in ("train_log.csv", "validation_log.csv"):
+                _truncate_csv(output / log, start)
+
+    network: torch.nn.Module = model
+    if world_size > 1:
+        # The quantiles only get gradients from the auxiliary loss, which is computed outside the
+        # forward pass and depends on nothing but the quantiles themselves: identical on every rank.
+        ignored = [name for name, _ in model.named_parameters() if name.endswith(".quantiles")]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+        network = DistributedDataParallel(
+            model,
+            device_ids=[local_rank] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            # Without FF the fusion half of MCM takes no part in the loss.
+            find_unused_parameters=model.point_cloud is not None and not model.point_cloud.ff,
+        )
+
+    dataset = CropDataset(split.train, data_root, cache_dir, config.crop_size, config.seed, levels)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepBatches(start, stop, config.batch_size, rank, world_size),
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    validation = _Validation(config, split.validation, levels) if rank == 0 and split.validation else None
+    criterion = RateDistortionLoss(lmbda=config.lagrangian)
+    uses_scan = model.branch is not None
+    last_validation: dict[str, float] = {}
+
+    def save(step: int) -> None:
+        state = {
+            "step": step,
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "aux_optimizer": aux_optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "config": dataclasses.asdict(config),
+        }
+        torch.save(state, output / "last.pt.partial")
+        (output / "last.pt.partial").replace(output / "last.pt")
+        export_checkpoint(
+            model, output / "model.pt", metadata={"model": config.model, "quality": config.quality, "steps": step}
+        )
+
+    def validate(step: int) -> None:
+        nonlocal last_validation
+        if validation is None:
+            return
+        last_validation = validation.run(model)
+        _append_csv(output / "validation_log.csv", {"step": step, **last_validation})
+
+    bar = tqdm(
+        total=config.steps, initial=start, desc=f"{config.model} q{config.quality}", disable=rank != 0 or not progress
+    )
+    tick = time.perf_counter()
+    skipped = 0  # steps whose gradient was not finite, left out instead of spoiling the weights
+    for step, batch in enumerate(loader, start=start):
+        torch.manual_seed(_step_seed(config.seed, step, rank))
+        x = batch["image"].to(device, non_blocking=True)
+        c_proj = batch["c_proj"].to(device, non_blocking=True) if uses_scan else None
+        out = network(x, c_proj)
+        terms = criterion(out, x)
+        alpha = alpha_at(config.alpha_schedule, step, config.steps)
+        loss = terms["loss"]
+        pre_loss = torch.zeros((), device=device)
+        if out["c_pre"] is not None:
+            pre_loss = 255**2 * F.mse_loss(out["c_pre"], batch["target"].to(device, non_blocking=True))
+            loss = loss + alpha * pre_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        finite = True
+        if config.clip_max_norm > 0:
+            # Clipped apart: L_pre reaches only PIP, and its gradient would otherwise set the norm.
+            norms = [torch.nn.utils.clip_grad_norm_(group, config.clip_max_norm) for group in clip_groups]
+            # The norms are of all-reduced gradients, so every rank takes the same decision.
+            finite = bool(torch.isfinite(torch.stack(norms)).all())
+        if finite:
+            optimizer.step()
+        else:
+            skipped += 1
+        scheduler.step()
+        aux_loss = model.aux_loss()
+        aux_optimizer.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        aux_optimizer.step()
+
+        done = step + 1
+        bar.update(1)
+        if rank == 0 and (done % config.log_every == 0 or done == config.steps):
+            now = time.perf_counter()
+            row = {
+                "step": done,
+                "loss": float(loss),
+                "bpp": float(terms["bpp_loss"]),
+                "mse": float(terms["mse_loss"]),
+                "pre_loss": float(pre_loss),
+                "alpha": alpha,
+                "aux_loss": float(aux_loss),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "skipped_steps": skipped,
+                "steps_per_s": config.log_every / max(now - tick, 1e-9),
+            }
+            tick = now
+            _append_csv(output / "train_log.csv", row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}")
+        if rank == 0 and (done % config.validate_every == 0 or done == config.steps):
+            validate(done)
+        if rank == 0 and (done % config.checkpoint_every == 0 or done == stop):
+            save(done)
+    bar.close()
+    if rank == 0 and install:
+        shutil.copyfile(output / "model.pt", checkpoint_path(config.model, config.quality))
+    if world_size > 1:
+        dist.barrier()
+    return last_validation
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {
+        "model": args.model,
+        "quality": args.quality,
+        "data": args.data,
+        "cache": args.cache,
+        "steps": args.steps,
+        "device": args.device,
+        "output": args.output,
+        "seed": args.seed,
+    }
+    if args.resume:
+        config = TrainConfig.from_yaml(Path(args.resume) / "config.yaml", steps=args.steps, device=args.device)
+        config.output = args.resume
+    elif args.config:
+        config = TrainConfig.from_yaml(args.config, **overrides)
+    else:
+        config = TrainConfig(**{key: value for key, value in overrides.items() if value is not None})
+    result = train(config, resume=bool(args.resume), install=args.install, until=args.until)
+    if result and int(os.environ.get("RANK", "0")) == 0:
+        print(f"{config.output}: validation {result['bpp']:.4f} bpp, {result['psnr']:.2f} dB")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model (eq. 14); under torchrun, distributed", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--config", help="YAML run configuration (see config/train/)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument("--install", action="store_true", help="copy the result to the registry's checkpoint path")
+    parser.add_argument("--model", choices=sorted(MODELS), help="overrides the config")
+    parser.add_argument("--quality", type=int, choices=sorted(QUALITY_LAMBDAS), help="overrides the config")
+    parser.add_argument("--data", help="overrides the config")
+    parser.add_argument("--cache", help="overrides the config")
+    parser.add_argument("--steps", type=int, help="overrides the config (with --resume: extend the run)")
+    parser.add_argument("--device", help="overrides the config")
+    parser.add_argument("--until", type=int, metavar="STEP", help="stop after STEP with a checkpoint (resume later)")
+    parser.add_argument("--output", help="run folder; overrides the config")
+    parser.add_argument("--seed", type=int, help="overrides the config")
+    parser.set_defaults(func=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pcic train`` on its own (``python -m pcic_ros.training``), without the rest of the pcic command and
+    its ROS dependencies: for ``torchrun`` and for machines that only train."""
+    parser = argparse.ArgumentParser(prog="pcic")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
