@@ -464,12 +464,12 @@ def train(
             now = time.perf_counter()
             row = {
                 "step": done,
-                "loss": float(loss),
-                "bpp": float(terms["bpp_loss"]),
-                "mse": float(terms["mse_loss"]),
-                "pre_loss": float(pre_loss),
+                "loss": float(loss.detach()),
+                "bpp": float(terms["bpp_loss"].detach()),
+                "mse": float(terms["mse_loss"].detach()),
+                "pre_loss": float(pre_loss.detach()),
                 "alpha": alpha,
-                "aux_loss": float(aux_loss),
+                "aux_loss": float(aux_loss.detach()),
                 "learning_rate": scheduler.get_last_lr()[0],
                 "skipped_steps": skipped,
                 "steps_per_s": config.log_every / max(now - tick, 1e-9),

@@ -1,0 +1,232 @@
+"""pcic train on real frames: the loss falls, resume is exact, DDP keeps ranks in step, checkpoints code
+bit-exactly from their stored form, and the shipped checkpoints load by name."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import DATA, REPO
+
+from pcic_ros.codec import Codec
+from pcic_ros.datasets import discover_frames
+from pcic_ros.training import TrainConfig, alpha_at, export_checkpoint, train
+from pcic_ros.training_data import crop_box, crop_calibration, prepare_cache
+from pcic_ros.zoo import QUALITY_LAMBDAS, checkpoint_path, create_model, weights_fingerprint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """c_proj of the training split (103 frames take a few seconds to project)."""
+    cache = tmp_path_factory.mktemp("c_proj")
+    frames = [f for f in discover_frames(DATA) if "kitti_object" not in f.image_path.as_posix()]
+    prepare_cache(frames, DATA, cache, progress=False)
+    return cache
+
+
+def tiny_config(output: Path, cache: Path, **changes) -> TrainConfig:
+    """A run small enough for a test: 64 x 64 crops, batch 2, one validation frame on a 64 x 128 crop."""
+    settings = dict(
+        model="hyper-pc",
+        quality=4,
+        data=str(DATA),
+        cache=str(cache),
+        crop_size=64,
+        batch_size=2,
+        steps=6,
+        learning_rate=1e-3,
+        num_workers=0,
+        log_every=1,
+        validate_every=1000,
+        validation_frames=1,
+        validation_crop=[64, 128],
+        checkpoint_every=1000,
+        output=str(output),
+    )
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_alpha_follows_the_paper_schedule_as_fractions_of_the_run():
+    schedule = TrainConfig().alpha_schedule
+    assert [alpha_at(schedule, s, 1_000_000) for s in (0, 499_999, 500_000, 899_999, 900_000, 999_999)] == [
+        0.01,
+        0.01,
+        0.005,
+        0.005,
+        0.0,
+        0.0,
+    ]
+    assert alpha_at(schedule, 2_999, 3_000) == 0.0 and alpha_at(schedule, 1_499, 3_000) == 0.01
+
+
+def test_config_files_hold_every_setting_and_reject_unknown_ones(tmp_path):
+    for path in sorted((REPO / "config" / "train").glob("*.yaml")):
+        values = yaml.safe_load(path.read_text())
+        assert set(values) == set(TrainConfig.__dataclass_fields__), path
+        config = TrainConfig.from_yaml(path, quality=2)
+        assert config.quality == 2 and config.lagrangian == QUALITY_LAMBDAS[2]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rte: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        TrainConfig.from_yaml(bad)
+
+
+def test_loss_decreases_on_a_short_real_run(tmp_path, cache_dir):
+    config = tiny_config(tmp_path / "run", cache_dir, steps=40, batch_size=4, log_every=1)
+    result = train(config, progress=False)
+    rows = read_log(tmp_path / "run" / "train_log.csv")
+    assert len(rows) == 40
+    losses = [float(row["loss"]) for row in rows]
+    assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])
+    assert all(float(row["pre_loss"]) > 0 for row in rows), "HYPER-PC trains PIP against rand(x)"
+    assert [float(row["alpha"]) for row in rows[::10]] == [0.01, 0.01, 0.005, 0.005]
+    validation = read_log(tmp_path / "run" / "validation_log.csv")
+    assert [int(row["step"]) for row in validation] == [40]
+    assert result["bpp"] == pytest.approx(float(validation[0]["bpp"])) and result["bpp"] > 0
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert TrainConfig.from_yaml(tmp_path / "run" / "config.yaml") == config
+
+
+def test_resume_continues_exactly(tmp_path, cache_dir):
+    straight = tiny_config(tmp_path / "straight", cache_dir, steps=5)
+    interrupted = tiny_config(tmp_path / "interrupted", cache_dir, steps=5)
+    train(straight, progress=False)
+    train(interrupted, progress=False, until=2)
+    assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["step"] == 2
+    train(interrupted, resume=True, progress=False)
+
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 5
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
+
+    def without_speed(rows):
+        return [{k: v for k, v in row.items() if k != "steps_per_s"} for row in rows]
+
+    straight_log = without_speed(read_log(tmp_path / "straight" / "train_log.csv"))
+    assert without_speed(read_log(tmp_path / "interrupted" / "train_log.csv")) == straight_log
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    warnings.filterwarnings("ignore")
+    import torch, torch.distributed as dist
+    import pcic_ros.training as training
+    samples, wrapped = [], {}
+    read_sample = training.CropDataset.__getitem__
+    def recording(self, index):
+        samples.append(index)
+        return read_sample(self, index)
+    training.CropDataset.__getitem__ = recording
+    class KeepModule(training.DistributedDataParallel):
+        def __init__(self, module, *args, **kwargs):
+            super().__init__(module, *args, **kwargs)
+            wrapped["model"] = module
+    training.DistributedDataParallel = KeepModule
+    training.train(training.TrainConfig.from_yaml(sys.argv[1]), progress=False)
+    # Only rank 0 writes the run folder: every rank reports the samples it read and its final weights.
+    torch.save({"samples": samples, "state": wrapped["model"].state_dict()}, sys.argv[2] + f"/rank{dist.get_rank()}.pt")
+    """
+)
+
+
+def test_ddp_with_two_gloo_processes(tmp_path, cache_dir):
+    config = tiny_config(tmp_path / "ddp", cache_dir, steps=3, batch_size=4)
+    config.to_yaml(tmp_path / "ddp.yaml")
+    script = tmp_path / "ddp_rank.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    subprocess.run([*command, str(tmp_path / "ddp.yaml"), str(tmp_path)], check=True, env=env, cwd=REPO, timeout=300)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    # Global batch 4 over two ranks: rank 0 reads samples 4s, 4s+1 of step s, rank 1 reads 4s+2, 4s+3.
+    assert ranks[0]["samples"] == [0, 1, 4, 5, 8, 9]
+    assert ranks[1]["samples"] == [2, 3, 6, 7, 10, 11]
+    initial = create_model("hyper-pc", 4, pretrained=False).state_dict()
+    assert any(not torch.equal(t, initial[k]) for k, t in ranks[0]["state"].items() if t.is_floating_point())
+    for key, tensor in ranks[0]["state"].items():
+        assert torch.equal(tensor, ranks[1]["state"][key]), f"ranks disagree on {key}: gradients were not averaged"
+    assert [int(row["step"]) for row in read_log(tmp_path / "ddp" / "train_log.csv")] == [1, 2, 3]
+    assert (tmp_path / "ddp" / "model.pt").is_file()
+
+
+DECODE_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    warnings.filterwarnings("ignore")
+    import numpy as np
+    from pcic_ros.codec import Codec
+    from pcic_ros.datasets import load_scan
+    from pcic_ros.projection import Calibration
+    stored = np.load(sys.argv[2])
+    calibration = Calibration(stored["projection"], stored["rectification"], stored["lidar_to_camera"])
+    codec = Codec("hyper-pc", 2, device="cpu", checkpoint=sys.argv[1])
+    decoded = codec.decode(open(sys.argv[3], "rb").read(), load_scan(sys.argv[4]), calibration)
+    np.save(sys.argv[5], decoded)
+    """
+)
+
+
+def test_exported_checkpoint_decodes_bit_exactly_in_a_fresh_process(tmp_path):
+    model = create_model("hyper-pc", 2, pretrained=False)
+    with torch.no_grad():
+        for parameter in model.parameters():  # not the seeded weights the registry would build anyway
+            parameter.add_(torch.randn_like(parameter) * 1e-3)
+    path = export_checkpoint(model, tmp_path / "model.pt", metadata={"model": "hyper-pc", "quality": 2})
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    parameters = {name for name, _ in model.named_parameters()}
+    assert all(stored[name].dtype == torch.float16 for name in parameters)
+    assert stored["gaussian_conditional._quantized_cdf"].dtype == torch.int32
+    assert stored["entropy_bottleneck._offset"].dtype == torch.int32
+    assert stored["gaussian_conditional.scale_table"].dtype == torch.float32
+
+    frame = next(f for f in discover_frames(DATA / "kitti_object"))
+    image = frame.image()
+    top, left, height, width = crop_box(*image.shape[:2], (128, 192))
+    image = np.ascontiguousarray(image[top : top + height, left : left + width])
+    calibration = crop_calibration(frame.calibration(), top, left)
+    encoded = Codec("hyper-pc", 2, device="cpu", checkpoint=str(path)).encode_frame(image, frame.scan(), calibration)
+    (tmp_path / "frame.pcic").write_bytes(encoded.data)
+    np.savez(tmp_path / "calibration.npz", **vars(calibration))
+    script = tmp_path / "decode.py"
+    script.write_text(DECODE_SCRIPT)
+    arguments = [path, tmp_path / "calibration.npz", tmp_path / "frame.pcic", frame.scan_path, tmp_path / "out.npy"]
+    subprocess.run([sys.executable, str(script), *map(str, arguments)], check=True, cwd=REPO, timeout=300)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), encoded.reconstruction)
+
+
+@pytest.mark.parametrize("name", ["hyper", "hyper-pc"])
+def test_shipped_checkpoints_load_by_name_with_stored_cdfs(name):
+    sizes = 0
+    for quality in QUALITY_LAMBDAS:
+        path = checkpoint_path(name, quality)
+        assert path.is_file(), f"{path} is not shipped"
+        sizes += path.stat().st_size
+        stored = torch.load(path, weights_only=True)
+        assert stored["model"] == name and stored["quality"] == quality and stored["steps"] > 0
+        loaded = create_model(name, quality)
+        untrained = create_model(name, quality, pretrained=False)
+        assert weights_fingerprint(loaded) != weights_fingerprint(untrained)
+        assert stored["state_dict"]["gaussian_conditional._quantized_cdf"].dtype == torch.int32
+        assert stored["state_dict"]["g_a.layers.0.weight"].dtype == torch.float16
+    assert sizes < 36e6
