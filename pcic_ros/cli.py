@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "pcic_ros.demo",
     "pcic_ros.training_data",
     "pcic_ros.training",
+    "pcic_ros.evaluation",
     "pcic_ros.bags",
     "pcic_ros.launch_runner",
 ]
