@@ -231,7 +231,7 @@ def code_image(
     height, width = image.shape[:2]
     factor = model.downsampling_factor
     padded = (-(-height // factor) * factor, -(-width // factor) * factor)
-    x = torch.from_numpy(image).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    x = torch.tensor(image, device=device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
     c_proj = None
     if model.branch is not None:
