@@ -18,6 +18,7 @@ import pytest
 import rclpy
 import yaml
 from conftest import DATA, REPO
+from pcic_ros.msg import CodecStatistics
 from PIL import Image
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -101,9 +102,7 @@ class StatisticsWatcher:
         self.node = rclpy.create_node("pcic_pipeline_watcher", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.received: dict[str, list] = {name: [] for name in STATISTICS_TOPICS}
-        from pcic_ros.msg import CodecStatistics
-
+        self.received: dict[str, list[CodecStatistics]] = {name: [] for name in STATISTICS_TOPICS}
         for name, topic in STATISTICS_TOPICS.items():
             self.node.create_subscription(CodecStatistics, topic, self.received[name].append, QoSProfile(depth=10))
 
