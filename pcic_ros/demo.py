@@ -2,7 +2,8 @@
 
 Encodes and decodes a handful of real KITTI frames with HYPER-PC and HYPER through real bitstreams,
 codes the same frames with JPEG at a similar rate, prints bpp / PSNR per frame and writes side-by-side
-images (original | HYPER-PC | HYPER | JPEG) to the output folder.
+images (original | HYPER-PC | HYPER | JPEG) to the output folder, then sweeps both models over the four
+qualities and JPEG over its range on the same frames and writes the RD plot (``rd.png``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from pcic_ros.anchors import get_anchor
 from pcic_ros.codec import Codec
 from pcic_ros.datasets import DataError, Frame, discover_frames
+from pcic_ros.evaluation import evaluate, plot_rd
 from pcic_ros.metrics import psnr
 from pcic_ros.zoo import checkpoint_path
 
@@ -60,7 +62,9 @@ def jpeg_at_rate(image: np.ndarray, target_bytes: int) -> tuple[bytes, int]:
     return best
 
 
-def run_demo(data_dir: Path, output_dir: Path, frame_count: int, quality: int, device: str | None) -> list[dict]:
+def run_demo(
+    data_dir: Path, output_dir: Path, frame_count: int, quality: int, device: str | None, rd_plot: bool = True
+) -> list[dict]:
     frames = pick_frames(discover_frames(data_dir), frame_count)
     output_dir.mkdir(parents=True, exist_ok=True)
     codecs = {name: Codec(name, quality, device=device) for name in ("hyper-pc", "hyper")}
@@ -92,6 +96,9 @@ def run_demo(data_dir: Path, output_dir: Path, frame_count: int, quality: int, d
         cells = "   ".join(f"{row[k][0]:7.3f} /{row[k][1]:6.2f} dB" for k in ("hyper-pc", "hyper", "jpeg"))
         print(f"{row['frame']:<46} {row['size']:>9}   {cells}")
     print(f"\nside-by-side images (original | HYPER-PC | HYPER | JPEG, top to bottom) in {output_dir}")
+    if rd_plot:
+        sweep = evaluate(frames, list(codecs), anchors=["jpeg"], crop=None, device=str(codecs["hyper"].device))
+        print(f"RD plot of the same frames (qualities 1-4 and the JPEG sweep): {plot_rd(sweep, output_dir / 'rd.png')}")
     return rows
 
 
@@ -99,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data) if args.data else default_data_dir()
     if not data_dir.is_dir():
         raise DataError(f"no data at {data_dir}: pass --data or set PCIC_DATA")
-    run_demo(data_dir, Path(args.output), args.frames, args.quality, args.device)
+    run_demo(data_dir, Path(args.output), args.frames, args.quality, args.device, rd_plot=not args.no_rd)
     return 0
 
 
@@ -110,4 +117,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=4, help="number of frames")
     parser.add_argument("--quality", type=int, default=4, choices=[1, 2, 3, 4])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-rd", action="store_true", help="skip the quality sweep and its RD plot")
     parser.set_defaults(func=_run)
