@@ -263,7 +263,8 @@ def test_kitti_bag_through_vehicle_and_base_station_matches_the_offline_codec(tm
         original = bm.image_from_message(original_msg)
         offline = codec.encode_frame(original, bm.scan_from_point_cloud(scans[stamp_ns]), calibration)
         message = compressed[stamp_ns]
-        assert not message.zeros_fallback and bm.stamp_nanoseconds(message.scan_stamp) == stamp_ns
+        assert not message.zeros_fallback, f"frame {stamp_ns} was sent without its scan:\n{vehicle.output()}"
+        assert bm.stamp_nanoseconds(message.scan_stamp) == stamp_ns
         assert (message.codec, message.quality) == (MODEL, QUALITY)
         assert bytes(message.data) == offline.data
         total_bytes += len(offline.data)
