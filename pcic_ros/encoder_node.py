@@ -95,6 +95,10 @@ class EncoderNode(Node):
         self._stats = StatisticsCollector(target_bits_per_second=float(target), current_quality=qualities[-1])
         self._stats_period = float(stats_period)
         self._lock = threading.Lock()
+        # Pairs whose calibration (CameraInfo, TF) is not there yet: callbacks of different topics run in
+        # no fixed order, so the first scan can beat the first CameraInfo or /tf_static. Such a pair waits
+        # up to scan_timeout (from when it was first tried) before it is sent without the scan.
+        self._awaiting_calibration: list[tuple[int, Image, PointCloud2]] = []
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=int(work_queue))
 
         self._publisher = self.create_publisher(CompressedFrame, "compressed", output_qos)
@@ -131,12 +135,16 @@ class EncoderNode(Node):
     def _expire_images(self) -> None:
         with self._lock:
             expired = self._pairer.expire(self._now_ns(), int(self._scan_timeout_s * 1e9))
+            waiting, self._awaiting_calibration = self._awaiting_calibration, []
         for _, image in expired:
             self._problems.report("scan_timeout", "no LiDAR scan paired with the image in time: sending it without")
             self._prepare(image, None)
+        for first_try_ns, image, scan in waiting:
+            self._prepare(image, scan, first_try_ns)
 
-    def _prepare(self, image: Image, scan: PointCloud2 | None) -> None:
-        """Convert the inputs and queue the frame; a scan that cannot be used means the no-scan fallback."""
+    def _prepare(self, image: Image, scan: PointCloud2 | None, first_try_ns: int | None = None) -> None:
+        """Convert the inputs and queue the frame; a scan that cannot be used means the no-scan fallback.
+        A pair whose calibration is missing is held back (``_awaiting_calibration``) until scan_timeout."""
         try:
             rgb = image_to_rgb(image)
         except ImageEncodingError as error:
@@ -147,7 +155,15 @@ class EncoderNode(Node):
             return
         points, calibration = None, None
         if scan is not None:
-            points, calibration = self._scan_inputs(image, scan, rgb.shape[1], rgb.shape[0])
+            now = self._now_ns()
+            first_try_ns = now if first_try_ns is None else first_try_ns
+            may_wait = now - first_try_ns < int(self._scan_timeout_s * 1e9)
+            inputs = self._scan_inputs(image, scan, rgb.shape[1], rgb.shape[0], may_wait)
+            if inputs is None:
+                with self._lock:
+                    self._awaiting_calibration.append((first_try_ns, image, scan))
+                return
+            points, calibration = inputs
         used = points is not None
         job = _Job(
             image.header,
@@ -163,8 +179,25 @@ class EncoderNode(Node):
             self._stats.frames_dropped_queue += 1
 
     def _scan_inputs(
-        self, image: Image, scan: PointCloud2, width: int, height: int
-    ) -> tuple[np.ndarray | None, Calibration | None]:
+        self, image: Image, scan: PointCloud2, width: int, height: int, may_wait: bool
+    ) -> tuple[np.ndarray | None, Calibration | None] | None:
+        """Points and calibration for the frame, (None, None) for the no-scan fallback, or None when the
+        calibration is missing and ``may_wait``: the caller retries later. The calibration is looked up
+        first so that a retried pair reports each problem of its scan once."""
+        try:
+            calibration = self._calibration.calibration(
+                image.header.frame_id, scan.header.frame_id, stamp_to_ns(scan.header.stamp), width, height
+            )
+        except CameraInfoError as error:
+            if may_wait:
+                return None
+            self._problems.report("camera_info_mismatch", f"sending without the scan: {error}")
+            return None, None
+        except TransformError as error:
+            if may_wait:
+                return None
+            self._problems.report("tf_missing", f"sending without the scan: {error}")
+            return None, None
         try:
             points = pointcloud2_to_points(scan)
         except ConversionError as error:
@@ -178,16 +211,6 @@ class EncoderNode(Node):
             self._problems.report("nan_scan", f"scan has {total - len(points)} of {total} points non-finite")
             if len(points) == 0:
                 return None, None
-        try:
-            calibration = self._calibration.calibration(
-                image.header.frame_id, scan.header.frame_id, stamp_to_ns(scan.header.stamp), width, height
-            )
-        except CameraInfoError as error:
-            self._problems.report("camera_info_mismatch", f"sending without the scan: {error}")
-            return None, None
-        except TransformError as error:
-            self._problems.report("tf_missing", f"sending without the scan: {error}")
-            return None, None
         return points, calibration
 
     # --- encoding (worker thread) --------------------------------------------------------------------
