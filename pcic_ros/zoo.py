@@ -64,29 +64,18 @@ def model_names() -> list[str]:
     return sorted(MODELS)
 
 
-register_model(ModelSpec("hyper", ScaleHyperprior, {}, "Balle 2018 scale hyperprior (HYPER)"))
-for _ablation in ABLATIONS:
-    _name = "hyper-pc" if _ablation == "full" else f"hyper-pc-{_ablation}"
-    register_model(
-        ModelSpec(
-            _name,
-            ScaleHyperprior,
-            {"point_cloud": ablation_config(_ablation, PointCloudConfig())},
-            f"HYPER with the point-cloud branch ({_ablation})",
-        )
-    )
+def _register_with_point_cloud(base: str, factory: Callable[..., PointCloudCompressionModel], label: str) -> None:
+    """Register ``<base>-pc`` and one ``<base>-pc-<ablation>`` per paper ablation of the branch."""
+    for ablation in ABLATIONS:
+        name = f"{base}-pc" if ablation == "full" else f"{base}-pc-{ablation}"
+        config = {"point_cloud": ablation_config(ablation, PointCloudConfig())}
+        register_model(ModelSpec(name, factory, config, f"{label} with the point-cloud branch ({ablation})"))
 
+
+register_model(ModelSpec("hyper", ScaleHyperprior, {}, "Balle 2018 scale hyperprior (HYPER)"))
+_register_with_point_cloud("hyper", ScaleHyperprior, "HYPER")
 register_model(ModelSpec("elic", Elic, {}, "He 2022 ELIC: uneven channel groups, checkerboard context (ELIC)"))
-for _ablation in ABLATIONS:
-    _name = "elic-pc" if _ablation == "full" else f"elic-pc-{_ablation}"
-    register_model(
-        ModelSpec(
-            _name,
-            Elic,
-            {"point_cloud": ablation_config(_ablation, PointCloudConfig())},
-            f"ELIC with the point-cloud branch ({_ablation})",
-        )
-    )
+_register_with_point_cloud("elic", Elic, "ELIC")
 # ELIC(PA): ELIC widened until it has as many parameters as ELIC-PC (N = 112: 0.6% fewer), the latent
 # kept as it is; test_elic checks the match whenever a width changes.
 register_model(ModelSpec("elic-pa", Elic, {"N": 112}, "ELIC widened to ELIC-PC's parameter count (ELIC(PA))"))
