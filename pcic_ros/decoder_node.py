@@ -30,6 +30,7 @@ from pcic_ros.node_support import (
     declare,
     qos_from_parameters,
     spin_node,
+    stop_worker,
 )
 from pcic_ros.projection import Calibration
 from pcic_ros.ros_conversions import CameraInfoError, ConversionError, pointcloud2_to_points, rgb_to_image, stamp_to_ns
@@ -177,13 +178,7 @@ class DecoderNode(Node):
 
     def close(self) -> None:
         """Stop the worker after the frame it is decoding."""
-        while True:
-            try:
-                self._jobs.get_nowait()
-            except queue.Empty:
-                break
-        self._jobs.put(None)
-        self._worker.join(timeout=30.0)
+        stop_worker(self._jobs, self._worker)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ problem reporting and the statistics message."""
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
 import time
@@ -177,6 +178,17 @@ class StatisticsCollector:
         for name, count in problems.items():
             setattr(stats, name, count)
         return stats
+
+
+def stop_worker(jobs: queue.Queue, worker: threading.Thread) -> None:
+    """Drop the frames still queued for a node's worker thread, then stop it after the frame in hand."""
+    while True:
+        try:
+            jobs.get_nowait()
+        except queue.Empty:
+            break
+    jobs.put(None)
+    worker.join(timeout=30.0)
 
 
 def spin_node(create: Callable[[], Node], args: list[str] | None) -> int:
