@@ -58,7 +58,7 @@ from pcic_ros.training_data import (
     prepare_cache,
     split_by_sequence,
 )
-from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path, create_model
+from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path, create_model, round_for_storage
 
 __all__ = [
     "TrainConfig",
@@ -184,35 +184,23 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.o
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def export_checkpoint(
-    model: PointCloudCompressionModel, path: str | Path, half: bool = True, metadata: dict | None = None
-) -> Path:
-    """Write weights that code real bitstreams: parameters (fp16 when ``half``) and every buffer as-is.
+def export_checkpoint(model: PointCloudCompressionModel, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write weights that code real bitstreams: parameters rounded for storage (int8 convolution kernels
+    with a scale per channel, fp16 for the rest; ``zoo.round_for_storage``) and every buffer as it is.
 
-    The parameters are rounded to fp16 *before* CompressAI's ``update()`` builds the CDF tables, so the
-    stored tables are exactly those of the stored weights; integer tables stay int32, and the float
-    scale table stays float32. A model loaded from the file is therefore identical to the exported
-    one, and encoder and decoder in any process agree bit for bit.
+    The parameters are rounded *before* CompressAI's ``update()`` builds the CDF tables, so the stored
+    tables are exactly those of the stored weights; integer tables stay int32, and the float scale table
+    stays float32. A model loaded from the file is therefore identical to the exported one, and encoder
+    and decoder in any process agree bit for bit.
     """
     model = copy.deepcopy(model).cpu().eval()
-
-    def round_parameters() -> None:
-        if half:
-            with torch.no_grad():
-                for parameter in model.parameters():
-                    parameter.copy_(parameter.half().float())
-
-    round_parameters()
+    round_for_storage(model)
     # The bisection search places the entropy bottleneck's quantiles more precisely than a short run
     # of the auxiliary loss does; the CDF tables are then rebuilt from the rounded quantiles.
     model.update(force=True, update_quantiles=True)
-    round_parameters()
+    stored_parameters = round_for_storage(model)
     model.update(force=True)
-    parameters = {name for name, _ in model.named_parameters()}
-    state = {
-        name: tensor.half() if half and name in parameters else tensor.clone()
-        for name, tensor in model.state_dict().items()
-    }
+    state = {name: stored_parameters.get(name, tensor.clone()) for name, tensor in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

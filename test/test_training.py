@@ -20,7 +20,14 @@ from pcic_ros.codec import Codec
 from pcic_ros.datasets import discover_frames
 from pcic_ros.training import TrainConfig, alpha_at, export_checkpoint, train
 from pcic_ros.training_data import crop_box, crop_calibration, prepare_cache
-from pcic_ros.zoo import QUALITY_LAMBDAS, checkpoint_path, create_model, weights_fingerprint
+from pcic_ros.zoo import (
+    QUALITY_LAMBDAS,
+    checkpoint_path,
+    create_model,
+    round_for_storage,
+    stored_state_dict,
+    weights_fingerprint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -187,6 +194,23 @@ DECODE_SCRIPT = textwrap.dedent(
 )
 
 
+def test_storage_rounding_moves_kernels_by_at_most_half_an_int8_step():
+    model = create_model("hyper-pc", 1, pretrained=False)
+    original = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    stored = round_for_storage(model)
+    restored = stored_state_dict(stored)
+    for name, parameter in model.named_parameters():
+        assert torch.equal(restored[name], parameter), name
+        if parameter.dim() == 4:
+            values, scale = stored[name]["values"], stored[name]["scale"]
+            assert values.dtype == torch.int8 and scale.shape == (parameter.shape[0], 1, 1, 1)
+            assert int(values.abs().amax()) == 127  # the largest weight of a channel sets its scale
+            # Half a step, up to the float32 rounding of values x scale.
+            assert torch.all((parameter - original[name]).abs() <= scale / 2 * 1.001)
+        else:
+            assert torch.equal(parameter, original[name].half().float()), name
+
+
 def test_exported_checkpoint_decodes_bit_exactly_in_a_fresh_process(tmp_path):
     model = create_model("hyper-pc", 2, pretrained=False)
     with torch.no_grad():
@@ -195,7 +219,9 @@ def test_exported_checkpoint_decodes_bit_exactly_in_a_fresh_process(tmp_path):
     path = export_checkpoint(model, tmp_path / "model.pt", metadata={"model": "hyper-pc", "quality": 2})
     stored = torch.load(path, weights_only=True)["state_dict"]
     parameters = {name for name, _ in model.named_parameters()}
-    assert all(stored[name].dtype == torch.float16 for name in parameters)
+    kernels = {name for name in parameters if isinstance(stored[name], dict)}
+    assert kernels and all(stored[name]["values"].dtype == torch.int8 for name in kernels)
+    assert all(stored[name].dtype == torch.float16 for name in parameters - kernels)
     assert stored["gaussian_conditional._quantized_cdf"].dtype == torch.int32
     assert stored["entropy_bottleneck._offset"].dtype == torch.int32
     assert stored["gaussian_conditional.scale_table"].dtype == torch.float32
