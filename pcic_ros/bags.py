@@ -206,14 +206,17 @@ def play(
     reliable: bool = True,
     depth: int = 100,
     wait_for_subscribers: float = 0.0,
+    min_subscribers: dict[str, int] | None = None,
     progress: bool = True,
 ) -> int:
     """Publish a bag's messages on their topics, paced by their receive times divided by ``rate``.
 
     Messages go out as the recorded CDR bytes, so header stamps and every field are unchanged. /tf_static
     is published transient-local, as tf2 expects. Topics whose message package rclpy cannot import
-    are skipped with a log line. ``wait_for_subscribers`` seconds are allowed for every topic to get a
-    subscriber before the first message. Returns the number of messages published."""
+    are skipped with a log line. ``wait_for_subscribers`` seconds are allowed for every topic to get its
+    subscribers before the first message: one each, or ``min_subscribers[topic]`` (a scan that both the
+    encoder and the decoder read needs two; one would let playback start before the decoder listens).
+    Returns the number of messages published."""
     if rate <= 0:
         raise ValueError(f"--rate must be positive, got {rate}")
     wanted = set(topics) if topics else None
@@ -235,7 +238,11 @@ def play(
             logger.warning(f"not in the bag: {', '.join(sorted(absent))}")
         if not publishers:
             raise ValueError(f"{bag}: nothing to play")
-        _wait_for_subscribers(ros, publishers, wait_for_subscribers)
+        unknown = set(min_subscribers or {}) - set(publishers)
+        if unknown:
+            raise ValueError(f"--subscribers names topics that are not played: {', '.join(sorted(unknown))}")
+        wanted_counts = {topic: (min_subscribers or {}).get(topic, 1) for topic in publishers}
+        _wait_for_subscribers(ros, publishers, wanted_counts, wait_for_subscribers)
         connections = [c for c in reader.connections if c.topic in publishers]
         count = sum(c.msgcount for c in connections)
         published = 0
@@ -269,15 +276,19 @@ def _duration(seconds: float) -> object:
     return Duration(nanoseconds=int(seconds * 1e9))
 
 
-def _wait_for_subscribers(ros: _RosSession, publishers: dict, timeout: float) -> None:
+def _wait_for_subscribers(ros: _RosSession, publishers: dict, counts: dict[str, int], timeout: float) -> None:
+    def short() -> list[str]:
+        return [topic for topic, publisher in publishers.items() if publisher.get_subscription_count() < counts[topic]]
+
     deadline = time.monotonic() + timeout
     while not ros.stop_requested and time.monotonic() < deadline:
-        if all(publisher.get_subscription_count() > 0 for publisher in publishers.values()):
+        if not short():
             return
         time.sleep(0.05)
-    lonely = [topic for topic, publisher in publishers.items() if publisher.get_subscription_count() == 0]
+    lonely = short()
     if timeout > 0 and lonely:
-        ros.node.get_logger().warning(f"no subscriber after {timeout:g} s on: {', '.join(lonely)}")
+        found = ", ".join(f"{t} ({publishers[t].get_subscription_count()} of {counts[t]})" for t in lonely)
+        ros.node.get_logger().warning(f"too few subscribers after {timeout:g} s on: {found}")
 
 
 @dataclass
@@ -430,10 +441,12 @@ class _BagIndex:
     def messages(self, msgtype: str) -> list[tuple[str, object]]:
         return [(topic, self.typestore.deserialize_cdr(data, msgtype)) for topic, data in self.by_type[msgtype]]
 
-    def by_stamp(self, msgtype: str) -> dict[int, list[tuple[str, bytes]]]:
-        """Header stamp -> [(frame_id, serialized)], reading only each message's header."""
+    def by_stamp(self, msgtype: str, topic: str | None = None) -> dict[int, list[tuple[str, bytes]]]:
+        """Header stamp -> [(frame_id, serialized)] of the type (on ``topic`` when given)."""
         index: dict[int, list[tuple[str, bytes]]] = {}
-        for _, data in self.by_type[msgtype]:
+        for message_topic, data in self.by_type[msgtype]:
+            if topic is not None and message_topic != topic:
+                continue
             message = self.typestore.deserialize_cdr(data, msgtype)
             index.setdefault(bm.stamp_nanoseconds(message.header.stamp), []).append((message.header.frame_id, data))
         return index
@@ -458,6 +471,7 @@ def decode(
     scans_bag: str | Path | None = None,
     calibration: Calibration | None = None,
     device: str | None = None,
+    originals_topic: str = IMAGE_TOPIC,
     progress: bool = True,
 ) -> list[DecodedFrame]:
     """Decode every CompressedFrame in ``bag`` into ``out_dir/<sec>.<nanosec>.png`` plus ``frames.csv``.
@@ -465,7 +479,8 @@ def decode(
     Each frame is paired with the PointCloud2 whose header stamp (and frame id) is the frame's
     ``scan_stamp`` (``scan_frame_id``), looked for in ``bag`` and ``scans_bag``. The calibration is
     ``calibration`` when given, else the bag's CameraInfo and /tf_static. PSNR is computed against the
-    Image of the same stamp when the bag(s) hold it. A frame that cannot be decoded gets a row whose
+    Image of the same stamp on ``originals_topic`` when the bag(s) hold it (only that topic: a base
+    station's decoded images carry the camera's stamps too). A frame that cannot be decoded gets a row whose
     ``error`` says why."""
     from pcic_ros.bitstream import BitstreamError
     from pcic_ros.codec import Codec
@@ -485,7 +500,7 @@ def decode(
     if not compressed:
         raise DataError(f"{bag}: no {bm.COMPRESSED_FRAME_TYPE} messages")
     scans = index.by_stamp(bm.POINT_CLOUD_TYPE)
-    originals = index.by_stamp(bm.IMAGE_TYPE)
+    originals = index.by_stamp(bm.IMAGE_TYPE, originals_topic)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     calibrations: dict[str, Calibration | CalibrationError] = {}
@@ -588,6 +603,13 @@ def _run_from_kitti(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topic_count(text: str) -> tuple[str, int]:
+    topic, _, count = text.rpartition("=")
+    if not topic or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"expected TOPIC=N with N >= 1, got '{text}'")
+    return topic, int(count)
+
+
 def _run_play(args: argparse.Namespace) -> int:
     count = play(
         args.bag,
@@ -597,6 +619,7 @@ def _run_play(args: argparse.Namespace) -> int:
         reliable=args.qos == "reliable",
         depth=args.depth,
         wait_for_subscribers=args.wait_for_subscribers,
+        min_subscribers=dict(args.subscribers or []),
     )
     print(f"published {count} messages")
     return 0
@@ -612,7 +635,14 @@ def _run_decode(args: argparse.Namespace) -> int:
     from pcic_ros.cli import load_calibration
 
     calibration = load_calibration(args.calib) if args.calib else None
-    rows = decode(args.bag, args.out, scans_bag=args.scans, calibration=calibration, device=args.device)
+    rows = decode(
+        args.bag,
+        args.out,
+        scans_bag=args.scans,
+        calibration=calibration,
+        device=args.device,
+        originals_topic=args.originals,
+    )
     failed = [row for row in rows if not row.ok]
     for row in failed:
         print(f"frame {_format_stamp(row.stamp_ns)} not decoded: {row.error}", file=sys.stderr)
@@ -641,6 +671,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     player.add_argument(
         "--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS", help="wait for a subscriber per topic"
     )
+    player.add_argument(
+        "--subscribers",
+        nargs="+",
+        type=_topic_count,
+        metavar="TOPIC=N",
+        help="with --wait-for-subscribers: wait for N subscribers on TOPIC instead of one",
+    )
     player.set_defaults(func=_run_play)
 
     recorder = sub.add_parser("record", help="record topics into a new MCAP bag until Ctrl-C")
@@ -657,4 +694,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     decoder.add_argument("--scans", help="bag holding the PointCloud2 scans, when not in BAG")
     decoder.add_argument("--calib", help="KITTI calibration instead of the bag's CameraInfo and /tf_static")
     decoder.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    decoder.add_argument(
+        "--originals", default=IMAGE_TOPIC, metavar="TOPIC", help="Image topic to measure PSNR against"
+    )
     decoder.set_defaults(func=_run_decode)

@@ -141,7 +141,8 @@ def compressed_bag(kitti_bag, tmp_path_factory):
 
     Frame 0: HYPER, full size. Frame 1: HYPER-PC on the left 256 columns (a crop from the origin keeps
     P valid; it keeps the test quick), coded against the bag's own scan and calibration. Frame 2:
-    HYPER-PC whose scan stamp is in no bag."""
+    HYPER-PC whose scan stamp is in no bag. Frame 0 is also in the bag as the base station publishes it
+    (a decoded Image with the camera's stamp), which must not be taken for the original."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from pcic_ros.codec import Codec
@@ -172,9 +173,13 @@ def compressed_bag(kitti_bag, tmp_path_factory):
     writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.open()
     connection = writer.add_connection("/camera/image_rect/pcic", bm.COMPRESSED_FRAME_TYPE, typestore=typestore)
-    for stamp_ns, scan_stamp_ns, codec, data, _, image in frames:
+    decoded = writer.add_connection("/pcic/image", bm.IMAGE_TYPE, typestore=typestore)
+    for stamp_ns, scan_stamp_ns, codec, data, reconstruction, image in frames:
         message = compressed_frame_message(data, stamp_ns, scan_stamp_ns, codec, 1, image.shape)
         writer.write(connection, stamp_ns, typestore.serialize_cdr(message, bm.COMPRESSED_FRAME_TYPE))
+        if codec == "hyper":
+            image_message = bm.image_message(reconstruction, stamp_ns)
+            writer.write(decoded, stamp_ns + 1, typestore.serialize_cdr(image_message, bm.IMAGE_TYPE))
     writer.close()
     return path, frames
 

@@ -77,4 +77,4 @@ def test_pcic_launch_prints_the_node_commands(capsys):
     assert len(lines) == 3
     assert "pcic_ros.encoder_node" in lines[0] and "__ns:=/vehicle" in lines[0]
     assert "pcic_ros.decoder_node" in lines[1] and "image:=/pcic/image" in lines[1]
-    assert lines[2] == "pcic bag play /data/drive --wait-for-subscribers 120"
+    assert lines[2] == "pcic bag play /data/drive --wait-for-subscribers 120 --subscribers /lidar/points=2"

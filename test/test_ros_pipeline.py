@@ -198,14 +198,14 @@ def test_kitti_bag_through_vehicle_and_base_station_matches_the_offline_codec(tm
                                                           "--max-messages", str(FRAMES)], env, tmp_path)  # fmt: skip
         base_station = Command("launch base_station", ["launch", str(REPO / "launch" / "base_station.launch.xml"),
                                                        f"params_file:={decoder_params}"], env, tmp_path)  # fmt: skip
-        commands += [link_recorder, decoded_recorder, base_station]
-        # Play starts once every topic has one subscriber, which the encoder alone gives. The base
-        # station, the recorders and the player come first, and the encoder last: the player has then
-        # long matched the decoder, and the recorders subscribe while the encoder codes its first frame.
+        vehicle = Command("launch vehicle", ["launch", str(REPO / "launch" / "vehicle.launch.xml"),
+                                             f"params_file:={encoder_params}"], env, tmp_path)  # fmt: skip
+        commands += [link_recorder, decoded_recorder, base_station, vehicle]
+        # The recorders must listen before the first frame; the player (started once they do) then
+        # waits for the encoder and the decoder on the scan topic, as demo.launch.xml has it.
         watcher.spin_until(
             lambda: (
-                watcher.subscribers(POINTS_TOPIC) >= 1
-                and watcher.subscribers(COMPRESSED_TOPIC) >= 1
+                watcher.subscribers(COMPRESSED_TOPIC) >= 2
                 and watcher.subscribers(DECODED_TOPIC) >= 1
                 and watcher.subscribers(STATISTICS_TOPICS["/base_station/pcic_decoder"]) >= 2
             ),
@@ -213,12 +213,9 @@ def test_kitti_bag_through_vehicle_and_base_station_matches_the_offline_codec(tm
             commands,
             "base station and recorders up",
         )
-        player = Command("bag play", ["bag", "play", str(kitti_bag), "--wait-for-subscribers", "300"], env, tmp_path)
+        player = Command("bag play", ["bag", "play", str(kitti_bag), "--wait-for-subscribers", "300",
+                                      "--subscribers", f"{POINTS_TOPIC}=2"], env, tmp_path)  # fmt: skip
         commands.append(player)
-        watcher.spin_until(lambda: watcher.publishers(POINTS_TOPIC) >= 1, 120, commands, "player up")
-        vehicle = Command("launch vehicle", ["launch", str(REPO / "launch" / "vehicle.launch.xml"),
-                                             f"params_file:={encoder_params}"], env, tmp_path)  # fmt: skip
-        commands.append(vehicle)
         watcher.spin_until(
             watcher.reported_all_frames_twice, 600, [link_recorder, vehicle, base_station], "every frame reported"
         )
