@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pcic_ros.models import Elic, PointCloudCompressionModel, ScaleHyperprior
+from pcic_ros.models import Elic, Mlic, PointCloudCompressionModel, ScaleHyperprior
 from pcic_ros.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
 
 __all__ = [
@@ -81,6 +81,8 @@ _register_with_point_cloud("elic", Elic, "ELIC")
 # ELIC(PA): ELIC widened until it has as many parameters as ELIC-PC (N = 112: 0.6% fewer), the latent
 # kept as it is; test_elic checks the match whenever a width changes.
 register_model(ModelSpec("elic-pa", Elic, {"N": 112}, "ELIC widened to ELIC-PC's parameter count (ELIC(PA))"))
+register_model(ModelSpec("mlic", Mlic, {}, "Jiang 2023 MLIC: channel, local and global spatial context (MLIC)"))
+_register_with_point_cloud("mlic", Mlic, "MLIC")
 
 
 def checkpoint_path(name: str, quality: int) -> Path:
