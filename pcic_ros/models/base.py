@@ -5,6 +5,7 @@ from __future__ import annotations
 from compressai.models import CompressionModel
 from torch import Tensor
 
+from pcic_ros import fixed_point
 from pcic_ros.pointcloud import PointCloudBranch, PointCloudConfig, PointCloudFeatures
 
 __all__ = ["PointCloudCompressionModel"]
@@ -34,21 +35,28 @@ class PointCloudCompressionModel(CompressionModel):
     def scan_at_decoder(self) -> bool:
         return self.point_cloud is not None and self.point_cloud.scan_at_decoder
 
-    def _features(self, c_proj: Tensor | None, need_scales: bool) -> PointCloudFeatures | None:
+    def _features(self, c_proj: Tensor | None, need_scales: bool, exact: bool) -> PointCloudFeatures | None:
         if self.branch is None or not (need_scales or self.point_cloud.ff):
             return None
         if c_proj is None:
             raise ValueError(f"{type(self).__name__} with a point-cloud branch needs c_proj on this side")
+        if exact:
+            return fixed_point.evaluate(self.branch, c_proj, need_scales=need_scales, need_hyper=True)
         return self.branch(c_proj, need_scales=need_scales, need_hyper=True)
 
     def training_features(self, c_proj: Tensor | None) -> PointCloudFeatures | None:
-        """Everything the branch produces, for training and for the encoder's own reconstruction."""
-        return self._features(c_proj, need_scales=True)
+        """Everything the branch produces, in floating point, for training."""
+        return self._features(c_proj, need_scales=True, exact=False)
 
-    def encoder_features(self, c_proj: Tensor | None) -> PointCloudFeatures | None:
-        """What the encoder needs: c1..c3 for the analysis transform (if FG there) and c_hyper (if FF)."""
-        return self._features(c_proj, need_scales=self.point_cloud is not None and self.point_cloud.fg_analysis)
+    def encoder_features(self, c_proj: Tensor | None, reconstruct: bool = False) -> PointCloudFeatures | None:
+        """What the encoder needs: c1..c3 for the analysis transform (if FG there; for the synthesis too
+        with ``reconstruct``) and c_hyper (if FF). In fixed point (``pcic_ros.fixed_point``): c_hyper
+        decides the entropy coder's distributions, which the decoder must rebuild bit for bit."""
+        fg = self.point_cloud is not None and (self.point_cloud.fg_analysis or reconstruct)
+        return self._features(c_proj, need_scales=fg, exact=True)
 
     def decoder_features(self, c_proj: Tensor | None) -> PointCloudFeatures | None:
-        """What the decoder needs: c1..c3 for the synthesis transform (if FG there) and c_hyper (if FF)."""
-        return self._features(c_proj, need_scales=self.point_cloud is not None and self.point_cloud.fg_synthesis)
+        """What the decoder needs: c1..c3 for the synthesis transform (if FG there) and c_hyper (if FF),
+        in fixed point like ``encoder_features``."""
+        fg = self.point_cloud is not None and self.point_cloud.fg_synthesis
+        return self._features(c_proj, need_scales=fg, exact=True)

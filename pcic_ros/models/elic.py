@@ -238,7 +238,7 @@ class Elic(PointCloudCompressionModel):
         return the decoder's x_hat: the latent codecs hand back y_hat decoded from the strings
         themselves, so the two are identical."""
         # With reconstruct the synthesis needs its features too: run the branch once for both sides.
-        features = self.training_features(c_proj) if reconstruct else self.encoder_features(c_proj)
+        features = self.encoder_features(c_proj, reconstruct)
         y = self.g_a(x, features)
         coded = self.latent_codec.compress(y, self._c_hyper(features))
         out = {"strings": coded["strings"], "shape": coded["shape"]["hyper"]}

@@ -7,6 +7,7 @@ from compressai.layers import GDN, conv3x3
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from pcic_ros import fixed_point
 from pcic_ros.models.base import PointCloudCompressionModel
 from pcic_ros.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig, PointCloudFeatures
 
@@ -86,18 +87,23 @@ class ScaleHyperprior(PointCloudCompressionModel):
         self.gaussian_conditional = GaussianConditional(None)
         self.N, self.M = int(N), int(M)
 
-    def _scales(self, z_hat: Tensor, features: PointCloudFeatures | None) -> Tensor:
+    def _float_scales(self, z_hat: Tensor, c_hyper: Tensor | None) -> Tensor:
         scales = self.h_s(z_hat)
         if self.refiner is not None:
-            scales = self.refiner(scales, features.c_hyper if features is not None else None)
+            scales = self.refiner(scales, c_hyper)
         return scales
+
+    def _scales(self, z_hat: Tensor, features: PointCloudFeatures | None) -> Tensor:
+        """The Gaussian conditional's scales when coding: in fixed point, so that the decoder picks the
+        very CDF tables the encoder picked on any machine (``pcic_ros.fixed_point``)."""
+        return fixed_point.evaluate(self._float_scales, z_hat, features.c_hyper if features is not None else None)
 
     def forward(self, x: Tensor, c_proj: Tensor | None = None) -> dict:
         features = self.training_features(c_proj)
         y = self.g_a(x, features)
         z = self.h_a(y.abs())
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales = self._scales(z_hat, features)
+        scales = self._float_scales(z_hat, features.c_hyper if features is not None else None)
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales)
         x_hat = self.g_s(y_hat, features)
         return {
@@ -110,7 +116,7 @@ class ScaleHyperprior(PointCloudCompressionModel):
         """Entropy-code x. With ``reconstruct`` also return the decoder's x_hat, computed from the same
         dequantised symbols the decoder will see (so the two are identical)."""
         # With reconstruct the synthesis needs its features too: run the branch once for both sides.
-        features = self.training_features(c_proj) if reconstruct else self.encoder_features(c_proj)
+        features = self.encoder_features(c_proj, reconstruct)
         y = self.g_a(x, features)
         z = self.h_a(y.abs())
         z_strings = self.entropy_bottleneck.compress(z)

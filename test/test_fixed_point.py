@@ -1,0 +1,121 @@
+"""The fixed-point path that decides the entropy coder's distributions (issue 5): close to the float
+networks, and the same bits whatever the summation order, thread count or process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, load_layout_frame
+from torch import nn
+
+from pcic_ros.fixed_point import FRACTION_BITS, FixedPointError, _sigmoid_table, evaluate
+from pcic_ros.projection import equalize_depth, project_points
+from pcic_ros.zoo import create_model
+
+ONE = 2.0**FRACTION_BITS
+
+
+@pytest.fixture(scope="module")
+def hyper_pc():
+    return create_model("hyper-pc", 2)
+
+
+@pytest.fixture(scope="module")
+def c_proj():
+    """The equalised depth of a real frame's scan, cropped to 128 x 256 (divisible by 64)."""
+    image, scan, calibration = load_layout_frame("kitti_object")
+    height, width = image.shape[:2]
+    depth = equalize_depth(project_points(scan, calibration, height, width))
+    crop = depth[height - 128 :, width // 2 - 128 : width // 2 + 128]
+    assert np.count_nonzero(crop) > 500
+    return torch.from_numpy(crop.astype(np.float32) / 255.0)[None, None]
+
+
+def test_branch_and_scales_stay_close_to_the_float_networks(hyper_pc, c_proj):
+    with torch.no_grad():
+        expected = hyper_pc.branch(c_proj)
+        z_hat = torch.round(torch.randn(1, hyper_pc.N, 2, 4, generator=torch.Generator().manual_seed(0)) * 3)
+        expected_scales = hyper_pc._float_scales(z_hat, expected.c_hyper)
+    fixed = evaluate(hyper_pc.branch, c_proj)
+    for name in ("c_pre", "c1", "c2", "c3", "c_hyper"):
+        reference, value = getattr(expected, name), getattr(fixed, name)
+        assert value.dtype == torch.float32 and value.shape == reference.shape
+        assert torch.allclose(value, reference, atol=2e-3), name
+    scales = evaluate(hyper_pc._float_scales, z_hat, fixed.c_hyper)
+    assert torch.allclose(scales, expected_scales, rtol=1e-2, atol=1e-2)
+
+
+def test_results_are_multiples_of_the_fixed_point_step(hyper_pc, c_proj):
+    c_hyper = evaluate(hyper_pc.branch, c_proj).c_hyper
+    assert torch.equal(torch.round(c_hyper.double() * ONE), c_hyper.double() * ONE)
+
+
+def test_summation_order_does_not_change_a_bit():
+    """Permuting the input channels (of the input and the kernel alike) reorders every convolution's
+    sums; float32 results move, fixed-point results must not."""
+    torch.manual_seed(1)
+    layer = nn.Conv2d(64, 32, 5, padding=2)
+    x = torch.randn(1, 64, 24, 24) * 4
+    order = torch.randperm(64)
+    permuted = nn.Conv2d(64, 32, 5, padding=2)
+    with torch.no_grad():
+        permuted.weight.copy_(layer.weight[:, order])
+        permuted.bias.copy_(layer.bias)
+    assert torch.equal(evaluate(layer, x), evaluate(permuted, x[:, order]))
+    transposed = nn.ConvTranspose2d(64, 32, 5, stride=2, padding=2, output_padding=1)
+    permuted_transposed = nn.ConvTranspose2d(64, 32, 5, stride=2, padding=2, output_padding=1)
+    with torch.no_grad():
+        permuted_transposed.weight.copy_(transposed.weight[order])
+        permuted_transposed.bias.copy_(transposed.bias)
+    assert torch.equal(evaluate(transposed, x), evaluate(permuted_transposed, x[:, order]))
+
+
+EVALUATE_SCRIPT = """
+import sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from pcic_ros.fixed_point import evaluate
+from pcic_ros.zoo import create_model
+model = create_model("hyper-pc", 2)
+c_proj = torch.from_numpy(np.load(sys.argv[2]))
+z_hat = torch.from_numpy(np.load(sys.argv[3]))
+features = evaluate(model.branch, c_proj)
+np.save(sys.argv[4], evaluate(model._float_scales, z_hat, features.c_hyper).numpy())
+"""
+
+
+def test_one_and_two_threads_in_other_processes_give_the_same_scales(c_proj, tmp_path):
+    z_hat = torch.round(torch.randn(1, 96, 2, 4, generator=torch.Generator().manual_seed(2)) * 3)
+    np.save(tmp_path / "c_proj.npy", c_proj.numpy())
+    np.save(tmp_path / "z_hat.npy", z_hat.numpy())
+    for threads in (1, 2):
+        arguments = [str(threads), *(str(tmp_path / n) for n in ("c_proj.npy", "z_hat.npy", f"scales{threads}.npy"))]
+        subprocess.run([sys.executable, "-c", EVALUATE_SCRIPT, *arguments], check=True, cwd=REPO, timeout=300)
+    one, two = np.load(tmp_path / "scales1.npy"), np.load(tmp_path / "scales2.npy")
+    assert one.tobytes() == two.tobytes()
+
+
+def test_sigmoid_table_is_monotonic_and_within_one_step_of_the_sigmoid():
+    table = _sigmoid_table()
+    x = torch.arange(-4096, 4097, dtype=torch.float64) / 256
+    assert table[0] == 0 and table[-1] == ONE and table[4096] == ONE / 2
+    assert torch.all(table[1:] >= table[:-1])
+    assert torch.all((table - torch.sigmoid(x) * ONE).abs() <= 0.5 + 1e-6)
+
+
+def test_operations_without_an_exact_rule_are_refused():
+    with pytest.raises(FixedPointError, match="no fixed-point rule"):
+        evaluate(nn.Tanh(), torch.ones(1, 1, 2, 2))
+    with pytest.raises(FixedPointError, match="fixed-point tensors"):
+        evaluate(lambda x: x + 1.0, torch.ones(1, 1, 2, 2))
+
+
+def test_growth_past_exact_integers_is_refused():
+    layer = nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    with pytest.raises(FixedPointError, match="2\\*\\*52"):
+        evaluate(layer, torch.full((1, 1, 2, 2), 2.0**40))
