@@ -1,0 +1,50 @@
+"""bench/bench_codecs.py runs in-process on one small frame and prints a row for every codec asked for."""
+
+import importlib
+
+import torch
+from conftest import DATA, REPO
+
+
+def table_rows(output: str, columns: list) -> dict[str, dict[str, str]]:
+    """The printed table as {codec: {column title: cell}}, cut at the bench's own column widths."""
+    lines = output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("codec "))
+    rows = {}
+    for line in lines[header + 1 :]:
+        if not line.strip() or line.startswith("point-cloud"):
+            break
+        cells, start = {}, 0
+        for title, width, _ in columns:
+            cells[title] = line[start : start + width].strip()
+            start += width
+        rows[cells["codec"]] = cells
+    return rows
+
+
+def test_the_codec_bench_prints_every_requested_codec_with_every_column(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    bench = importlib.import_module("bench_codecs")
+    arguments = ["--data-dir", str(DATA), "--frames", "1", "--repeats", "1", "--sizes", "128x64", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        bench.main([*arguments, "--devices", "cpu", "--parts", "models,anchors,projection", "--models", "hyper-pc",
+                    "--anchors", "jpeg"])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    output = capsys.readouterr().out
+
+    assert "128 x 64: KITTI frames" in output
+    assert "projection (project_points + equalize_depth" in output
+    titles = [title for title, _, _ in bench.COLUMNS]
+    assert output.splitlines()[[line.startswith("codec ") for line in output.splitlines()].index(True)].split() == [
+        word for title in titles for word in title.split()
+    ]
+    rows = table_rows(output, bench.COLUMNS)
+    assert sorted(rows) == ["hyper-pc", "jpeg"]
+    model, jpeg = rows["hyper-pc"], rows["jpeg"]
+    assert model["device"] == "cpu" and model["setting"] == "q4 shipped"
+    for title in ("params M", "PC M", "bpp", "PSNR", "enc ms", "dec ms", "PC ms", "PC dec ms", "enc/JPEG", "dec/JPEG"):
+        assert float(model[title]) > 0, title
+    assert jpeg["enc/JPEG"] == jpeg["dec/JPEG"] == "1.00"
+    assert jpeg["params M"] == jpeg["PC ms"] == "-"
