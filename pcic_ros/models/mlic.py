@@ -361,16 +361,13 @@ class Mlic(PointCloudCompressionModel):
         """Entropy-code x into ``num_strings`` strings (y slice by slice and half by half, then z).
         ``shape`` is z's size, from which ``decompress`` derives y's. With ``reconstruct`` also return
         the decoder's x_hat, synthesised from the y_hat the decoder will rebuild."""
-        features = self.encoder_features(c_proj)
+        # With reconstruct the synthesis needs its features too: run the branch once for both sides.
+        features = self.encoder_features(c_proj, reconstruct)
         y = self.g_a(x, features)
         coded = self.latent_codec.compress(y, self._c_hyper(features))
         out = {"strings": coded["strings"], "shape": coded["shape"]["hyper"]}
         if reconstruct:
-            # The decoder's own features: the encoder's when they already hold c1..c3 (same branch, same
-            # input), else the branch's decoder side, so the reconstruction is the decoder's output.
-            has_scales = features is not None and features.c1 is not None
-            out["x_hat"] = self.g_s(coded["y_hat"], features if has_scales else self.decoder_features(c_proj))
-            out["x_hat"].clamp_(0, 1)
+            out["x_hat"] = self.g_s(coded["y_hat"], features).clamp_(0, 1)
         return out
 
     def decompress(self, strings: list, shape: tuple[int, int], c_proj: Tensor | None = None) -> dict:
