@@ -28,6 +28,7 @@ from pcic_ros.node_support import (
     ProblemReporter,
     StatisticsCollector,
     declare,
+    put_newest,
     qos_from_parameters,
     spin_node,
     stop_worker,
@@ -57,7 +58,7 @@ class DecoderNode(Node):
         fixed = declare(
             self, "fixed_extrinsic", [0.0], "row-major 4x4 T_camera_lidar instead of TF; [0.0] means use TF"
         )
-        work_queue = declare(self, "work_queue_size", 4, "frames waiting for the decoder; more are dropped")
+        work_queue = declare(self, "work_queue_size", 4, "frames waiting for the decoder; more drop the oldest")
         stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
         log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
         input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the compressed frame and scan subscriptions")
@@ -124,9 +125,7 @@ class DecoderNode(Node):
             except ConversionError as error:
                 self._problems.report("empty_scan", f"frame dropped, its scan is unreadable: {error}")
                 return True
-        try:
-            self._jobs.put_nowait((frame, points, calibration))
-        except queue.Full:
+        if put_newest(self._jobs, (frame, points, calibration)):
             self._stats.frames_dropped_queue += 1
         return True
 

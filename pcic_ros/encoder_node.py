@@ -28,6 +28,7 @@ from pcic_ros.node_support import (
     ProblemReporter,
     StatisticsCollector,
     declare,
+    put_newest,
     qos_from_parameters,
     spin_node,
     stop_worker,
@@ -77,7 +78,7 @@ class EncoderNode(Node):
         )
         target = declare(self, "target_bitrate", 0.0, "bits per second to stay under; 0 disables rate control")
         burst = declare(self, "burst_seconds", 1.0, "seconds of target_bitrate that one burst may use")
-        work_queue = declare(self, "work_queue_size", 2, "images waiting for the encoder; more are dropped")
+        work_queue = declare(self, "work_queue_size", 2, "images waiting for the encoder; more drop the oldest")
         stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
         log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
         input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the camera and LiDAR subscriptions")
@@ -174,9 +175,7 @@ class EncoderNode(Node):
             stamp_to_ns(scan.header.stamp) if used else 0,
             scan.header.frame_id if used else "",
         )
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
+        if put_newest(self._jobs, job):
             self._stats.frames_dropped_queue += 1
 
     def _scan_inputs(

@@ -29,6 +29,7 @@ __all__ = [
     "ProblemReporter",
     "StatisticsCollector",
     "spin_node",
+    "put_newest",
 ]
 
 #: Input problems counted in CodecStatistics, by field name.
@@ -178,6 +179,25 @@ class StatisticsCollector:
         for name, count in problems.items():
             setattr(stats, name, count)
         return stats
+
+
+def put_newest(jobs: queue.Queue, job: object) -> bool:
+    """Queue ``job`` for a node's worker thread. When the queue is full the oldest queued job makes
+    room: a worker slower than its input then codes the newest frames, where refusing the new job
+    would have it work through a backlog that is always a full queue behind the input. Returns
+    whether a job was dropped. Only one thread may put (the executor's), so the slot freed is ours."""
+    try:
+        jobs.put_nowait(job)
+        return False
+    except queue.Full:
+        pass
+    try:
+        jobs.get_nowait()
+        dropped = True
+    except queue.Empty:  # The worker emptied the queue in the meantime.
+        dropped = False
+    jobs.put_nowait(job)
+    return dropped
 
 
 def stop_worker(jobs: queue.Queue, worker: threading.Thread) -> None:
