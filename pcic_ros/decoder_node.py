@@ -2,8 +2,9 @@
 
 Subscribes ``compressed``, ``points`` and ``camera_info``; a frame is decoded against the scan whose
 stamp and frame id are exactly the ones the frame names (never a nearby one), or without a scan when
-the frame used the no-scan fallback. A frame whose scan does not arrive within ``scan_timeout`` is
-reported and dropped. Publishes ``image`` with the original image header, and ``statistics``.
+the frame names none (the no-scan fallback, or a model that does not use the scan). A frame whose
+scan does not arrive within ``scan_timeout`` is reported and dropped. Publishes ``image`` with the
+original image header, and ``statistics``.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ class DecoderNode(Node):
         """Queue the frame for decoding if what it needs is here; False when it must wait."""
         frame = waiting.frame
         points, calibration = None, None
-        if not frame.zeros_fallback:
+        # A frame that names no scan was coded without one: a model that ignores the scan (hyper) sends
+        # such frames without zeros_fallback, and waiting for a scan stamped 0 would drop every one of them.
+        if not frame.zeros_fallback and frame.scan_frame_id:
             scan = self._scans.get((stamp_to_ns(frame.scan_stamp), frame.scan_frame_id))
             if scan is None:
                 waiting.reason = "scan_timeout"
