@@ -14,8 +14,13 @@ Winograd and FFT algorithms are not sums of products). Between layers there are 
 operations with one IEEE rounding each (a product, then ``round``), which every IEEE-754 machine
 computes alike. The sigmoid of the attention blocks is a table, computed once with Python's
 ``decimal`` (correctly rounded, platform-independent). The modules' own ``forward`` code runs
-unchanged: a ``TorchFunctionMode`` gives each torch operation its fixed-point meaning and refuses any
-operation it has no exact rule for.
+unchanged: a ``TorchFunctionMode`` gives each torch operation on fixed-point values (the float64
+tensors) its fixed-point meaning and refuses any operation it has no exact rule for; operations on
+the float32 parameters alone (a masked convolution masking its kernel) run as they are.
+
+A model marks the modules that decide its distributions with ``compute_in_fixed_point``: they run in
+floating point while training and in fixed point otherwise, so that training is unchanged and every
+bitstream is coded with the exact path.
 
 This is not how the networks were trained (Balle et al. train integer networks as such); the rounding
 of activations (2**-16) and kernels (12 bits per output channel) moves the entropy parameters a little,
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import decimal
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["FRACTION_BITS", "WEIGHT_BITS", "FixedPointError", "evaluate"]
+__all__ = ["FRACTION_BITS", "WEIGHT_BITS", "FixedPointError", "evaluate", "compute_in_fixed_point"]
 
 #: Activations are integers in units of 2**-FRACTION_BITS.
 FRACTION_BITS = 16
@@ -97,10 +103,13 @@ class _FixedPointMode(TorchFunctionMode):
         }
 
     def __torch_function__(self, func: Callable, types: Sequence[type], args: tuple = (), kwargs: dict | None = None):
+        kwargs = kwargs or {}
+        if not _has_fixed_point_value((args, kwargs)):
+            return func(*args, **kwargs)
         rule = self._rules.get(func)
         if rule is None:
             raise FixedPointError(f"no fixed-point rule for {getattr(func, '__qualname__', func)}")
-        return rule(*args, **(kwargs or {}))
+        return rule(*args, **kwargs)
 
     def _kernel(self, weight: Tensor, output_dim: int) -> tuple[Tensor, Tensor]:
         """(integer kernel, scale per output channel); computed on the CPU, where the weights are the
@@ -182,6 +191,16 @@ class _FixedPointMode(TorchFunctionMode):
         return torch.round(_checked(input * other) / _ONE)
 
 
+def _has_fixed_point_value(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return value.dtype == torch.float64
+    if isinstance(value, (list, tuple)):
+        return any(_has_fixed_point_value(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_fixed_point_value(item) for item in value.values())
+    return False
+
+
 def _to_fixed(value: Any) -> Any:
     if isinstance(value, Tensor):
         return torch.round(value.detach().double() * _ONE)
@@ -196,15 +215,47 @@ def _to_float(value: Any) -> Any:
     return value
 
 
+_active = threading.local()
+
+
 @torch.no_grad()
 def evaluate(function: nn.Module | Callable, *inputs: Any, **kwargs: Any) -> Any:
     """``function(*inputs, **kwargs)`` (a module, or code that calls modules) in fixed point: tensor
     inputs are rounded to multiples of 2**-FRACTION_BITS, the result (a tensor, or a tuple / NamedTuple
-    of tensors and None) comes back as float32. Identical bits on every machine for identical inputs and weights."""
+    of tensors and None) comes back as float32. Identical bits on every machine for identical inputs
+    and weights. Called inside another evaluation, it just runs ``function`` on the values as they are."""
+    if getattr(_active, "mode", None) is not None:
+        return function(*inputs, **kwargs)
     tensors = [value for value in (*inputs, *kwargs.values()) if isinstance(value, Tensor)]
     device = tensors[0].device if tensors else torch.device("cpu")
     fixed_inputs = [_to_fixed(value) for value in inputs]
     fixed_kwargs = {name: _to_fixed(value) for name, value in kwargs.items()}
-    with _FixedPointMode(device):
-        result = function(*fixed_inputs, **fixed_kwargs)
+    _active.mode = _FixedPointMode(device)
+    try:
+        with _active.mode:
+            result = function(*fixed_inputs, **fixed_kwargs)
+    finally:
+        _active.mode = None
     return _to_float(result)
+
+
+@functools.cache
+def _fixed_point_class(base: type[nn.Module]) -> type[nn.Module]:
+    def forward(self: nn.Module, *inputs: Any, **kwargs: Any) -> Any:
+        if self.training:
+            return base.forward(self, *inputs, **kwargs)
+        return evaluate(functools.partial(base.forward, self), *inputs, **kwargs)
+
+    attributes = {"forward": forward, "__doc__": base.__doc__, "computes_in_fixed_point": True}
+    return type(f"FixedPoint{base.__name__}", (base,), attributes)
+
+
+def compute_in_fixed_point(module: nn.Module) -> nn.Module:
+    """Make ``module`` (in place) compute in fixed point whenever it is not training.
+
+    The module's class becomes a subclass whose ``forward`` wraps the original in ``evaluate``;
+    parameters, state-dict keys and training behaviour stay as they were, so checkpoints load as before.
+    """
+    if not getattr(module, "computes_in_fixed_point", False):
+        module.__class__ = _fixed_point_class(type(module))
+    return module

@@ -35,23 +35,45 @@ def c_proj():
     return torch.from_numpy(crop.astype(np.float32) / 255.0)[None, None]
 
 
-def test_branch_and_scales_stay_close_to_the_float_networks(hyper_pc, c_proj):
+def on_grid(value: torch.Tensor) -> bool:
+    return torch.equal(torch.round(value.double() * ONE), value.double() * ONE)
+
+
+def test_branch_and_scales_stay_close_to_the_float_networks_used_in_training(hyper_pc, c_proj):
+    z_hat = torch.round(torch.randn(1, hyper_pc.N, 2, 4, generator=torch.Generator().manual_seed(0)) * 3)
     with torch.no_grad():
-        expected = hyper_pc.branch(c_proj)
-        z_hat = torch.round(torch.randn(1, hyper_pc.N, 2, 4, generator=torch.Generator().manual_seed(0)) * 3)
-        expected_scales = hyper_pc._float_scales(z_hat, expected.c_hyper)
-    fixed = evaluate(hyper_pc.branch, c_proj)
+        hyper_pc.train()
+        try:
+            expected = hyper_pc.branch(c_proj)
+            expected_scales = hyper_pc._scales(z_hat, expected)
+        finally:
+            hyper_pc.eval()
+        fixed = hyper_pc.branch(c_proj)
+        scales = hyper_pc._scales(z_hat, fixed)
+    assert not on_grid(expected.c_hyper) and on_grid(fixed.c_hyper) and on_grid(scales)
     for name in ("c_pre", "c1", "c2", "c3", "c_hyper"):
         reference, value = getattr(expected, name), getattr(fixed, name)
         assert value.dtype == torch.float32 and value.shape == reference.shape
         assert torch.allclose(value, reference, atol=2e-3), name
-    scales = evaluate(hyper_pc._float_scales, z_hat, fixed.c_hyper)
     assert torch.allclose(scales, expected_scales, rtol=1e-2, atol=1e-2)
 
 
-def test_results_are_multiples_of_the_fixed_point_step(hyper_pc, c_proj):
-    c_hyper = evaluate(hyper_pc.branch, c_proj).c_hyper
-    assert torch.equal(torch.round(c_hyper.double() * ONE), c_hyper.double() * ONE)
+@pytest.mark.parametrize("name", ["hyper-pc", "elic-pc"])
+def test_the_modules_that_decide_distributions_compute_in_fixed_point(name):
+    model = create_model(name, 1, pretrained=False)
+    marked = {path for path, module in model.named_modules() if getattr(module, "computes_in_fixed_point", False)}
+    if name == "hyper-pc":
+        expected = {"branch", "h_s", "refiner"}
+    else:
+        groups = len(model.groups)
+        expected = {"branch", "latent_codec.hyper.h_s", "latent_codec.refiner"}
+        expected |= {f"latent_codec.y.channel_context.y{k}" for k in range(1, groups)}
+        for k in range(groups):
+            prefix = f"latent_codec.y.latent_codec.y{k}"
+            expected |= {f"{prefix}.context_prediction", f"{prefix}.entropy_parameters"}
+    assert marked == expected
+    # The marking changes no parameter name: checkpoints load as before.
+    assert set(model.state_dict()) == set(create_model(name, 1, pretrained=False).state_dict())
 
 
 def test_summation_order_does_not_change_a_bit():
@@ -82,8 +104,8 @@ from pcic_ros.zoo import create_model
 model = create_model("hyper-pc", 2)
 c_proj = torch.from_numpy(np.load(sys.argv[2]))
 z_hat = torch.from_numpy(np.load(sys.argv[3]))
-features = evaluate(model.branch, c_proj)
-np.save(sys.argv[4], evaluate(model._float_scales, z_hat, features.c_hyper).numpy())
+with torch.no_grad():
+    np.save(sys.argv[4], model._scales(z_hat, model.branch(c_proj)).numpy())
 """
 
 

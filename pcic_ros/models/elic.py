@@ -25,6 +25,7 @@ from compressai.models.sensetime import ResidualBottleneckBlock
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from pcic_ros.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import PointCloudCompressionModel
 from pcic_ros.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig, PointCloudFeatures
 
@@ -197,6 +198,12 @@ class Elic(PointCloudCompressionModel):
         }
         # ELIC's side parameters are features for parameter aggregation, not scales: no final activation.
         refiner = HyperRefiner(N * 2, pc.hyper_channels if pc.ff else 0) if pc is not None else None
+        # Everything that computes means and scales: the same bits on every machine (pcic_ros.fixed_point).
+        deciding = [h_s, *channel_context.values(), *([refiner] if refiner is not None else [])]
+        for codec in group_codecs.values():
+            deciding += [codec.context_prediction, codec.entropy_parameters]
+        for module in deciding:
+            compute_in_fixed_point(module)
         self.latent_codec = RefinedHyperpriorLatentCodec(
             {
                 "y": ChannelGroupsLatentCodec(

@@ -7,7 +7,7 @@ from compressai.layers import GDN, conv3x3
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from pcic_ros import fixed_point
+from pcic_ros.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import PointCloudCompressionModel
 from pcic_ros.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig, PointCloudFeatures
 
@@ -83,27 +83,26 @@ class ScaleHyperprior(PointCloudCompressionModel):
         self.refiner = (
             HyperRefiner(M, pc.hyper_channels if pc.ff else 0, final=nn.ReLU(inplace=True)) if pc is not None else None
         )
+        # The scales pick the CDF tables: the same bits on every machine (pcic_ros.fixed_point).
+        compute_in_fixed_point(self.h_s)
+        if self.refiner is not None:
+            compute_in_fixed_point(self.refiner)
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
         self.N, self.M = int(N), int(M)
 
-    def _float_scales(self, z_hat: Tensor, c_hyper: Tensor | None) -> Tensor:
+    def _scales(self, z_hat: Tensor, features: PointCloudFeatures | None) -> Tensor:
         scales = self.h_s(z_hat)
         if self.refiner is not None:
-            scales = self.refiner(scales, c_hyper)
+            scales = self.refiner(scales, features.c_hyper if features is not None else None)
         return scales
-
-    def _scales(self, z_hat: Tensor, features: PointCloudFeatures | None) -> Tensor:
-        """The Gaussian conditional's scales when coding: in fixed point, so that the decoder picks the
-        very CDF tables the encoder picked on any machine (``pcic_ros.fixed_point``)."""
-        return fixed_point.evaluate(self._float_scales, z_hat, features.c_hyper if features is not None else None)
 
     def forward(self, x: Tensor, c_proj: Tensor | None = None) -> dict:
         features = self.training_features(c_proj)
         y = self.g_a(x, features)
         z = self.h_a(y.abs())
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales = self._float_scales(z_hat, features.c_hyper if features is not None else None)
+        scales = self._scales(z_hat, features)
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales)
         x_hat = self.g_s(y_hat, features)
         return {

@@ -1,0 +1,136 @@
+"""Does a frame decode the same in another process with another thread count (or on another device)?
+
+Encodes frames in one process (``--encode-threads``, ``--encode-device``) and decodes them in another
+(``--decode-threads``, ``--decode-device``), then sorts every (model, frame) into:
+
+- exact: the decoded image is the encoder's reconstruction, bit for bit;
+- drift: the entropy decoding held (PSNR against the encoder's reconstruction >= 40 dB) but some
+  pixels differ (the synthesis transform is floating point);
+- broken: garbage or an error: the decoder rebuilt other distributions than the encoder used.
+
+``--float-entropy-path`` measures the codec as it was before ``pcic_ros.fixed_point``: the
+hyper-synthesis, Hyper Refiner and point-cloud branch in floating point.
+
+    .venv/bin/python bench/determinism.py --models hyper hyper-pc --frames 12 [--float-entropy-path]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA_DIR = Path(os.environ.get("PCIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DRIFT_PSNR_DB = 40.0
+
+
+def _frames(data_dir: Path, count: int) -> list:
+    from pcic_ros.datasets import discover_frames
+    from pcic_ros.evaluation import pick_evenly
+
+    frames = discover_frames(data_dir)
+    return frames if count == 0 else pick_evenly(frames, count)
+
+
+def _use_float_entropy_path() -> None:
+    # Measurement only: puts back the floating-point evaluation that pcic_ros.fixed_point replaced.
+    from pcic_ros import fixed_point
+
+    fixed_point.evaluate = lambda function, *inputs, **kwargs: function(*inputs, **kwargs)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """One side, in its own process: encode every (model, frame) or decode what the other side wrote."""
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    if args.float_entropy_path:
+        _use_float_entropy_path()
+    from pcic_ros.codec import Codec
+
+    work = Path(args.work)
+    frames = _frames(Path(args.data_dir), args.frames)
+    results = {}
+    for model in args.models:
+        codec = Codec(model, args.quality, device=args.device)
+        for index, frame in enumerate(tqdm(frames, desc=f"{args.side} {model}", unit="frame", file=sys.stderr)):
+            stem = work / f"{model}-{index:03d}"
+            if args.side == "encode":
+                encoded = codec.encode_frame(frame.image(), frame.scan(), frame.calibration())
+                stem.with_suffix(".pcic").write_bytes(encoded.data)
+                np.save(stem.with_suffix(".npy"), encoded.reconstruction)
+                continue
+            expected = np.load(stem.with_suffix(".npy"))
+            try:
+                decoded = codec.decode(stem.with_suffix(".pcic").read_bytes(), frame.scan(), frame.calibration())
+            except ValueError as error:
+                results[stem.name] = {"outcome": "broken", "error": str(error)}
+                continue
+            difference = np.abs(decoded.astype(np.int16) - expected.astype(np.int16))
+            mse = float(np.mean(difference.astype(np.float64) ** 2))
+            psnr_db = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+            outcome = "exact" if mse == 0 else ("drift" if psnr_db >= DRIFT_PSNR_DB else "broken")
+            results[stem.name] = {"outcome": outcome, "max_abs_diff": int(difference.max()), "psnr_db": psnr_db}
+    if args.side == "decode":
+        (work / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def _side(args: argparse.Namespace, side: str, work: Path) -> None:
+    threads, device = getattr(args, f"{side}_threads"), getattr(args, f"{side}_device")
+    command = [sys.executable, __file__, "--side", side, "--work", str(work), "--data-dir", str(args.data_dir),
+               "--frames", str(args.frames), "--quality", str(args.quality), "--models", *args.models,
+               "--threads", str(threads), "--device", device]  # fmt: skip
+    if args.float_entropy_path:
+        command.append("--float-entropy-path")
+    subprocess.run(command, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--models", nargs="+", default=["hyper", "hyper-pc"])
+    parser.add_argument("--quality", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=12, help="frames spread over the data; 0: all")
+    parser.add_argument("--encode-threads", type=int, default=2)
+    parser.add_argument("--decode-threads", type=int, default=1)
+    parser.add_argument("--encode-device", default="cpu")
+    parser.add_argument("--decode-device", default="cpu")
+    parser.add_argument("--float-entropy-path", action="store_true", help="measure the pre-fixed-point codec")
+    parser.add_argument("--output", type=Path, help="also write the per-frame outcomes here (JSON)")
+    parser.add_argument("--side", choices=["encode", "decode"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--device", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side:
+        return _worker(args)
+    with tempfile.TemporaryDirectory() as work:
+        _side(args, "encode", Path(work))
+        _side(args, "decode", Path(work))
+        results = json.loads((Path(work) / "results.json").read_text())
+    path = "float (before fixed point)" if args.float_entropy_path else "fixed point"
+    print(f"entropy path: {path}; encode {args.encode_device} x{args.encode_threads} threads, "
+          f"decode {args.decode_device} x{args.decode_threads} threads, quality {args.quality}")  # fmt: skip
+    print(f"{'model':<22}{'frames':>8}{'exact':>8}{'drift':>8}{'broken':>8}{'max |diff|':>12}")
+    for model in args.models:
+        rows = [r for name, r in results.items() if name.rsplit("-", 1)[0] == model]
+        counts = {k: sum(r["outcome"] == k for r in rows) for k in ("exact", "drift", "broken")}
+        worst = max((r.get("max_abs_diff", 255) for r in rows), default=0)
+        print(f"{model:<22}{len(rows):>8}{counts['exact']:>8}{counts['drift']:>8}{counts['broken']:>8}{worst:>12}")
+    if args.output:
+        args.output.write_text(json.dumps({"settings": vars(args) | {"data_dir": str(args.data_dir),
+                                                                     "output": str(args.output)},
+                                           "frames": results}, indent=1))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
