@@ -8,8 +8,10 @@ Encodes frames in one process (``--encode-threads``, ``--encode-device``) and de
   pixels differ (the synthesis transform is floating point);
 - broken: garbage or an error: the decoder rebuilt other distributions than the encoder used.
 
-``--float-entropy-path`` measures the codec as it was before ``pcic_ros.fixed_point``: the
-hyper-synthesis, Hyper Refiner and point-cloud branch in floating point.
+``--float-entropy-path`` measures the codec as it was before ``pcic_ros.fixed_point``: the modules
+that decide the distributions in floating point. The table also gives the mean bytes per frame and
+the mean encode and decode time, so that the two runs show the fixed-point path's cost in rate and
+time on the same frames.
 
     .venv/bin/python bench/determinism.py --models hyper hyper-pc --frames 12 [--float-entropy-path]
 """
@@ -47,6 +49,8 @@ def _use_float_entropy_path() -> None:
 
 def _worker(args: argparse.Namespace) -> int:
     """One side, in its own process: encode every (model, frame) or decode what the other side wrote."""
+    import time
+
     import torch
     from tqdm import tqdm
 
@@ -62,24 +66,32 @@ def _worker(args: argparse.Namespace) -> int:
         codec = Codec(model, args.quality, device=args.device)
         for index, frame in enumerate(tqdm(frames, desc=f"{args.side} {model}", unit="frame", file=sys.stderr)):
             stem = work / f"{model}-{index:03d}"
+            image, scan, calibration = frame.image(), frame.scan(), frame.calibration()
+            started = time.perf_counter()
             if args.side == "encode":
-                encoded = codec.encode_frame(frame.image(), frame.scan(), frame.calibration())
+                encoded = codec.encode_frame(image, scan, calibration)
                 stem.with_suffix(".pcic").write_bytes(encoded.data)
                 np.save(stem.with_suffix(".npy"), encoded.reconstruction)
+                results[stem.name] = {"bytes": len(encoded.data), "encode_s": time.perf_counter() - started}
                 continue
             expected = np.load(stem.with_suffix(".npy"))
             try:
-                decoded = codec.decode(stem.with_suffix(".pcic").read_bytes(), frame.scan(), frame.calibration())
+                decoded = codec.decode(stem.with_suffix(".pcic").read_bytes(), scan, calibration)
             except ValueError as error:
                 results[stem.name] = {"outcome": "broken", "error": str(error)}
                 continue
+            decode_s = time.perf_counter() - started
             difference = np.abs(decoded.astype(np.int16) - expected.astype(np.int16))
             mse = float(np.mean(difference.astype(np.float64) ** 2))
             psnr_db = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
             outcome = "exact" if mse == 0 else ("drift" if psnr_db >= DRIFT_PSNR_DB else "broken")
-            results[stem.name] = {"outcome": outcome, "max_abs_diff": int(difference.max()), "psnr_db": psnr_db}
-    if args.side == "decode":
-        (work / "results.json").write_text(json.dumps(results, indent=1))
+            results[stem.name] = {
+                "outcome": outcome,
+                "max_abs_diff": int(difference.max()),
+                "psnr_db": psnr_db,
+                "decode_s": decode_s,
+            }
+    (work / f"{args.side}.json").write_text(json.dumps(results, indent=1))
     return 0
 
 
@@ -115,16 +127,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         _side(args, "encode", Path(work))
         _side(args, "decode", Path(work))
-        results = json.loads((Path(work) / "results.json").read_text())
+        encoded = json.loads((Path(work) / "encode.json").read_text())
+        decoded = json.loads((Path(work) / "decode.json").read_text())
+        results = {name: encoded[name] | row for name, row in decoded.items()}
     path = "float (before fixed point)" if args.float_entropy_path else "fixed point"
     print(f"entropy path: {path}; encode {args.encode_device} x{args.encode_threads} threads, "
           f"decode {args.decode_device} x{args.decode_threads} threads, quality {args.quality}")  # fmt: skip
-    print(f"{'model':<22}{'frames':>8}{'exact':>8}{'drift':>8}{'broken':>8}{'max |diff|':>12}")
+    columns = ["frames", "exact", "drift", "broken", "max |diff|", "bytes", "encode s", "decode s"]
+    print(f"{'model':<22}" + "".join(f"{c:>12}" for c in columns))
     for model in args.models:
         rows = [r for name, r in results.items() if name.rsplit("-", 1)[0] == model]
-        counts = {k: sum(r["outcome"] == k for r in rows) for k in ("exact", "drift", "broken")}
+        counts = [sum(r["outcome"] == k for r in rows) for k in ("exact", "drift", "broken")]
         worst = max((r.get("max_abs_diff", 255) for r in rows), default=0)
-        print(f"{model:<22}{len(rows):>8}{counts['exact']:>8}{counts['drift']:>8}{counts['broken']:>8}{worst:>12}")
+        timed = [r for r in rows if "decode_s" in r]
+        means = [
+            f"{np.mean([r['bytes'] for r in rows]):.0f}",
+            f"{np.mean([r['encode_s'] for r in rows]):.2f}",
+            f"{np.mean([r['decode_s'] for r in timed]):.2f}" if timed else "-",
+        ]
+        print(f"{model:<22}" + "".join(f"{v:>12}" for v in [len(rows), *counts, worst, *means]))
     if args.output:
         args.output.write_text(json.dumps({"settings": vars(args) | {"data_dir": str(args.data_dir),
                                                                      "output": str(args.output)},
