@@ -5,12 +5,13 @@ more).
 For each frame size (KITTI 1242 x 375; Waymo's 1920 x 1280 front camera, made from KITTI frames by
 resizing the image and scaling the calibration, since there is no Waymo data here) and each device (CPU,
 and CUDA when present) one row per codec: parameters (all, and the point-cloud branch PIP + MCM), rate
-and PSNR, median encode and decode wall time per frame, the median time of the branch (its plain
-floating-point forward, and as the decoder runs it), peak memory of one encode and one decode, and
-encode and decode time relative to JPEG on the CPU. The scan's projection (``project_points`` +
-``equalize_depth``, which ``Codec`` runs on both sides) is timed on its own, and the ``ros`` part runs
-bench_ros_pipeline.py (HYPER-PC through the encoder and decoder nodes). Models code real bitstreams
-through ``pcic_ros.codec.Codec``. Nothing is asserted; the numbers depend on the machine and its load.
+and PSNR, median encode and decode wall time per frame, the median time of the branch (its
+floating-point forward as in training, and as the decoder runs it, in fixed point), peak memory of one
+encode and one decode, and encode and decode time relative to JPEG on the CPU. The scan's projection
+(``project_points`` + ``equalize_depth``, which ``Codec`` runs on both sides) is timed on its own, and
+the ``ros`` part runs bench_ros_pipeline.py (HYPER-PC through the encoder and decoder nodes). Models
+code real bitstreams through ``pcic_ros.codec.Codec``. Nothing is asserted; the numbers depend on the
+machine and its load.
 
     .venv/bin/python bench/bench_codecs.py [--frames 2] [--repeats 2] [--sizes kitti,waymo] [--threads N]
         [--devices cpu,cuda] [--parts models,compressai,anchors,projection,ros] [--models hyper,hyper-pc,...]
@@ -220,8 +221,15 @@ class ZooCodec:
 
     @torch.inference_mode()
     def run_branch(self, c_proj: torch.Tensor) -> None:
-        """The PIP + MCM forward with every output (c_pre, c1..c3, c_hyper), in floating point."""
-        self.codec.model.branch(c_proj)
+        """The PIP + MCM forward with every output (c_pre, c1..c3, c_hyper) in floating point, as in
+        training (the paper's PC-time). Only in training mode: when coding the branch computes in fixed
+        point (``pcic_ros.fixed_point``), which ``run_decoder_branch`` times."""
+        branch = self.codec.model.branch
+        branch.train()
+        try:
+            branch(c_proj)
+        finally:
+            branch.eval()
 
     @torch.inference_mode()
     def run_decoder_branch(self, c_proj: torch.Tensor) -> None:
