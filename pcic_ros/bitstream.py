@@ -147,6 +147,9 @@ def _parse(data: bytes | memoryview) -> tuple[FrameHeader, list[int], int, int]:
     """Header, string lengths, CRC and the offset of the payload."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BitstreamError(f"expected bytes, got {type(data).__name__}")
+    # Offsets below count bytes: a view of wider items, several dimensions or with strides would be misread.
+    if isinstance(data, memoryview) and (data.ndim != 1 or data.itemsize != 1 or not data.c_contiguous):
+        raise BitstreamError(f"expected a flat buffer of bytes, got a {data.format!r} view of shape {data.shape}")
     fixed, offset = _take(data, 0, _FIXED.size, "the header")
     magic, version, flags, quality, name_length = _FIXED.unpack(fixed)
     if magic != MAGIC:

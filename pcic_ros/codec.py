@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from compressai.entropy_models import EntropyModel
 
 from pcic_ros.bitstream import (
     MAX_PIXELS,
@@ -26,6 +27,7 @@ from pcic_ros.bitstream import (
     pack,
     unpack,
 )
+from pcic_ros.fixed_point import FixedPointError
 from pcic_ros.models import PointCloudCompressionModel
 from pcic_ros.projection import Calibration, CalibrationError, depth_fingerprint, equalize_depth, project_points
 from pcic_ros.zoo import MODELS, create_model, weights_fingerprint
@@ -90,6 +92,34 @@ def depth_input(
     return equalized
 
 
+# CompressAI's C++ rANS decoder reads the string word by word without checking its end, so a forged
+# string (a container's CRC is no protection: anyone can recompute it) makes it read past the buffer
+# and can crash the process. Decoding zero-pads each string by a bound on what can be read past its
+# end. Per symbol the decoder reads at most one word to renormalise, and for an escaped ("bypass")
+# symbol a chain of 4-bit counts then that many 4-bit digits. Past the end only zero words come in,
+# which cut a chain after the state's own (at most 16) nibbles: at most about 26 words (104 bytes) per
+# symbol. A chain fed by the string itself can be longer, but it asks for at most 15 digits per nibble
+# of the string: at most 15 bytes read past the end per byte of the string (measured: 15.0 for 0xff).
+_OVERREAD_PER_SYMBOL = 128
+_OVERREAD_PER_STRING_BYTE = 20
+_OVERREAD_FIXED = 1024
+
+
+class _ZeroPaddedDecoder:
+    """An entropy model's coder whose decoder gets each string zero-padded past any possible read."""
+
+    def __init__(self, coder: object) -> None:
+        self._coder = coder
+        self.name = coder.name
+
+    def encode_with_indexes(self, *args: object) -> object:
+        return self._coder.encode_with_indexes(*args)
+
+    def decode_with_indexes(self, string: bytes, indexes: list[int], *tables: object) -> list[int]:
+        padding = _OVERREAD_PER_SYMBOL * len(indexes) + _OVERREAD_PER_STRING_BYTE * len(string) + _OVERREAD_FIXED
+        return self._coder.decode_with_indexes(string.ljust(len(string) + padding, b"\0"), indexes, *tables)
+
+
 class Codec:
     """Encode and decode frames with one registered model; decoding follows each file's header.
 
@@ -119,6 +149,9 @@ class Codec:
         if key not in self._models:
             checkpoint = self._checkpoint if key == (self.model_name, self.quality) else None
             model = create_model(name, quality, checkpoint=checkpoint, device=self.device)
+            for module in model.modules():
+                if isinstance(module, EntropyModel):
+                    module.entropy_coder = _ZeroPaddedDecoder(module.entropy_coder)
             self._models[key] = (model, weights_fingerprint(model))
         return self._models[key]
 
@@ -213,7 +246,9 @@ class Codec:
         shape = (header.padded_height // factor, header.padded_width // factor)
         try:
             out = model.decompress([[s] for s in strings], shape, c_proj)
-        except (RuntimeError, ValueError) as error:
+        except (RuntimeError, ValueError, FixedPointError) as error:
+            # FixedPointError: forged strings decode to latents far larger than any encoder writes, and the
+            # fixed-point hyper-synthesis refuses values past exact float64 integers.
             raise BitstreamError(f"entropy decoding failed: {error}") from None
         return _to_image(out["x_hat"], header.height, header.width)
 
