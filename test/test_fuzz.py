@@ -467,6 +467,9 @@ ANY_BYTES = st.one_of(
 )
 HYPER_SEEDS = sorted(name for name, seed in SEEDS.items() if seed.model == "hyper")
 HYPER_PC_SEEDS = sorted(name for name, seed in SEEDS.items() if seed.model == "hyper-pc")
+#: Whether the decoder holds the seed's scan: in 3 cases out of 4 (without it, a frame coded with the
+#: scan stops at the first check).
+HOLDS_SCAN = st.sampled_from([True, True, True, False])
 
 #: Every property as (strategy, case): the tests below run each for a few hundred cases,
 #: bench/fuzz_decode.py for as many as asked.
@@ -476,11 +479,11 @@ PARSER_PROPERTIES: dict[str, tuple[st.SearchStrategy, Callable[..., str]]] = {
 }
 DECODE_PROPERTIES: dict[str, tuple[st.SearchStrategy, Callable[..., str]]] = {
     "hyper decoder, mutated hyper containers": (
-        st.tuples(mutated_containers(HYPER_SEEDS, 0.9, DECODER_MUTATIONS), st.booleans()),
+        st.tuples(mutated_containers(HYPER_SEEDS, 0.9, DECODER_MUTATIONS), HOLDS_SCAN),
         lambda case: decode_case("hyper", *case),
     ),
     "hyper-pc decoder, mutated hyper-pc containers": (
-        st.tuples(mutated_containers(HYPER_PC_SEEDS, 0.9, DECODER_MUTATIONS), st.booleans()),
+        st.tuples(mutated_containers(HYPER_PC_SEEDS, 0.9, DECODER_MUTATIONS), HOLDS_SCAN),
         lambda case: decode_case("hyper-pc", *case),
     ),
     "hyper decoder, forged image sizes": (forged_sizes(), forged_size_case),
