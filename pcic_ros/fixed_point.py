@@ -12,11 +12,12 @@ The integers are held in float64 tensors: float64 represents every integer below
 a convolution's sums are exact in any order, on any BLAS, on CPU and on CUDA (with cuDNN off, whose
 Winograd and FFT algorithms are not sums of products). Between layers there are only element-wise
 operations with one IEEE rounding each (a product, then ``round``), which every IEEE-754 machine
-computes alike. The sigmoid of the attention blocks is a table, computed once with Python's
-``decimal`` (correctly rounded, platform-independent). The modules' own ``forward`` code runs
-unchanged: a ``TorchFunctionMode`` gives each torch operation on fixed-point values (the float64
-tensors) its fixed-point meaning and refuses any operation it has no exact rule for; operations on
-the float32 parameters alone (a masked convolution masking its kernel) run as they are.
+computes alike. Sigmoid, GELU and the exponential of softmax are tables, computed once with
+Python's ``decimal`` (exact to 40 digits, platform-independent); a softmax divides by an exact sum.
+The modules' own ``forward`` code runs unchanged: a ``TorchFunctionMode`` gives each torch operation
+on fixed-point values (the float64 tensors) its fixed-point meaning and refuses any operation it has
+no exact rule for; operations on the float32 parameters alone (a masked convolution masking its
+kernel) run as they are.
 
 A model marks the modules that decide its distributions with ``compute_in_fixed_point``: they run in
 floating point while training and in fixed point otherwise, so that training is unchanged and every
@@ -49,27 +50,74 @@ WEIGHT_BITS = 12
 _ONE = float(2**FRACTION_BITS)
 #: Sums stay exact in float64 below 2**53; a margin of one bit catches growth before it is lost.
 _EXACT_LIMIT = float(2**52)
-#: The sigmoid table covers [-16, 16] in steps of 1/256; beyond it the sigmoid is 0 or 1 to 2**-23.
-_SIGMOID_STEPS_PER_UNIT = 256
+#: Tables step 1/256 of their input, interpolated linearly in between. The sigmoid table covers
+#: [-16, 16] (beyond, the sigmoid is 0 or 1 to 2**-23), the normal CDF of GELU [-8, 8] (beyond, 0 or 1
+#: to 2**-49), exp [-32, 0] (below, 0 to 2**-46).
+_STEPS_PER_UNIT = 256
 _SIGMOID_RANGE = 16
+_NORMAL_CDF_RANGE = 8
+_EXP_RANGE = 32
 
 
 class FixedPointError(ArithmeticError):
     """A network used an operation without an exact rule, or grew past exact float64 integers."""
 
 
-@functools.lru_cache(maxsize=1)
-def _sigmoid_table() -> Tensor:
-    """round(sigmoid(i / 256) * 2**FRACTION_BITS) for i in [-4096, 4096], the same on every machine."""
-    half = _SIGMOID_RANGE * _SIGMOID_STEPS_PER_UNIT
+def _table(function: Callable[[decimal.Decimal], decimal.Decimal], low: int, high: int) -> Tensor:
+    """round(function(i / 256) * 2**FRACTION_BITS) for i / 256 in [low, high], as float64."""
     values = []
     with decimal.localcontext() as context:
         context.prec = 40
-        for step in range(-half, half + 1):
-            x = decimal.Decimal(step) / _SIGMOID_STEPS_PER_UNIT
-            sigmoid = 1 / (1 + (-x).exp())
-            values.append(int((sigmoid * int(_ONE)).to_integral_value(rounding=decimal.ROUND_HALF_EVEN)))
+        for step in range(low * _STEPS_PER_UNIT, high * _STEPS_PER_UNIT + 1):
+            value = function(decimal.Decimal(step) / _STEPS_PER_UNIT) * int(_ONE)
+            values.append(int(value.to_integral_value(rounding=decimal.ROUND_HALF_EVEN)))
     return torch.tensor(values, dtype=torch.float64)
+
+
+def _erf(x: decimal.Decimal) -> decimal.Decimal:
+    """erf by its Maclaurin series (``decimal`` has no erf); 40 digits hold the largest terms at
+    |x| <= 8 / sqrt(2) with 20 digits to spare."""
+    total, term, n = decimal.Decimal(0), x, 0
+    while True:
+        addend = term / (2 * n + 1)
+        total += addend
+        if abs(addend) < decimal.Decimal(10) ** -25:
+            break
+        n += 1
+        term = -term * x * x / n
+    return total * 2 / _SQRT_PI
+
+
+_SQRT_PI = decimal.Decimal("1.772453850905516027298167483341145182798")
+
+
+@functools.lru_cache(maxsize=1)
+def _sigmoid_table() -> Tensor:
+    return _table(lambda x: 1 / (1 + (-x).exp()), -_SIGMOID_RANGE, _SIGMOID_RANGE)
+
+
+@functools.lru_cache(maxsize=1)
+def _normal_cdf_table() -> Tensor:
+    return _table(lambda x: (1 + _erf(x / decimal.Decimal(2).sqrt())) / 2, -_NORMAL_CDF_RANGE, _NORMAL_CDF_RANGE)
+
+
+@functools.lru_cache(maxsize=1)
+def _exp_table() -> Tensor:
+    """exp(-i / 256) for i in 0 .. 32 * 256, index i."""
+    return _table(lambda x: (-x).exp(), 0, _EXP_RANGE)
+
+
+def _lookup(table: Tensor, input: Tensor, low: int, high: int) -> Tensor:
+    """The table's function at each fixed-point input, interpolated linearly between the entries of the
+    table covering [low, high] and clamped at its ends. Every step is exact but the last rounding:
+    dividing by a power of two, the floor, the fraction (at most 8 bits) times an integer difference."""
+    position = (input * (_STEPS_PER_UNIT / _ONE)).clamp_(low * _STEPS_PER_UNIT, high * _STEPS_PER_UNIT)
+    position = position - low * _STEPS_PER_UNIT
+    index = torch.floor(position).clamp_(max=table.numel() - 2)
+    fraction = position - index
+    table = table.to(input.device)
+    lower, upper = table[index.long()], table[index.long() + 1]
+    return torch.round(lower + (upper - lower) * fraction)
 
 
 def _checked(values: Tensor) -> Tensor:
@@ -94,19 +142,32 @@ class _FixedPointMode(TorchFunctionMode):
             F.relu: self._relu,
             F.leaky_relu: self._leaky_relu,
             torch.sigmoid: self._sigmoid,
+            F.gelu: self._gelu,
+            Tensor.softmax: self._softmax,
+            torch.softmax: self._softmax,
+            F.softmax: self._softmax,
             Tensor.add: self._add,
             Tensor.add_: self._add_,
             Tensor.mul: self._mul,
-            # Exact as they are: they move or create values without arithmetic.
-            torch.cat: torch.cat,
-            torch.zeros_like: torch.zeros_like,
+            Tensor.matmul: self._matmul,
+            torch.matmul: self._matmul,
         }
+        # Exact as they are: they move, select or create values without arithmetic.
+        data_movement = (
+            torch.cat, torch.zeros_like, F.pixel_shuffle, torch.pixel_shuffle, Tensor.__getitem__, Tensor.__setitem__,
+            Tensor.reshape, Tensor.view, Tensor.transpose, Tensor.permute, Tensor.contiguous, Tensor.chunk,
+            Tensor.split, Tensor.new_zeros, Tensor.size, Tensor.dim,
+        )  # fmt: skip
+        for function in data_movement:
+            self._rules[function] = function
 
     def __torch_function__(self, func: Callable, types: Sequence[type], args: tuple = (), kwargs: dict | None = None):
         kwargs = kwargs or {}
         if not _has_fixed_point_value((args, kwargs)):
             return func(*args, **kwargs)
         rule = self._rules.get(func)
+        if rule is None and getattr(func, "__name__", "") == "__get__":
+            rule = func  # reading an attribute such as .shape
         if rule is None:
             raise FixedPointError(f"no fixed-point rule for {getattr(func, '__qualname__', func)}")
         return rule(*args, **kwargs)
@@ -165,12 +226,29 @@ class _FixedPointMode(TorchFunctionMode):
     def _leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
         return torch.where(input < 0, torch.round(input * negative_slope), input)
 
-    def _sigmoid(self, input: Tensor) -> Tensor:
-        table = _sigmoid_table().to(self.device)
-        half = _SIGMOID_RANGE * _SIGMOID_STEPS_PER_UNIT
-        # Dividing by a power of two is exact; the step index is then rounded once.
-        steps = torch.round(input * (_SIGMOID_STEPS_PER_UNIT / _ONE)).clamp_(-half, half)
-        return table[(steps + half).long()]
+    @staticmethod
+    def _sigmoid(input: Tensor) -> Tensor:
+        return _lookup(_sigmoid_table(), input, -_SIGMOID_RANGE, _SIGMOID_RANGE)
+
+    @staticmethod
+    def _gelu(input: Tensor, approximate: str = "none") -> Tensor:
+        if approximate != "none":
+            raise FixedPointError("only the exact GELU has a fixed-point rule")
+        cdf = _lookup(_normal_cdf_table(), input, -_NORMAL_CDF_RANGE, _NORMAL_CDF_RANGE)
+        return torch.round(_checked(input * cdf) / _ONE)
+
+    @staticmethod
+    def _softmax(input: Tensor, dim: int | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        if dim is None:
+            raise FixedPointError("softmax needs its dimension")
+        # exp(x - max) from the table (the exponent is <= 0), normalised by an exact sum.
+        exponent = input - input.amax(dim=dim, keepdim=True)
+        powers = _lookup(_exp_table(), -exponent, 0, _EXP_RANGE)
+        return torch.round(powers * _ONE / powers.sum(dim=dim, keepdim=True))
+
+    @staticmethod
+    def _matmul(input: Tensor, other: Tensor) -> Tensor:
+        return torch.round(_checked(torch.matmul(input, other)) / _ONE)
 
     @staticmethod
     def _add(input: Tensor, other: Any, alpha: float = 1) -> Tensor:
@@ -202,13 +280,13 @@ def _has_fixed_point_value(value: Any) -> bool:
 
 
 def _to_fixed(value: Any) -> Any:
-    if isinstance(value, Tensor):
+    if isinstance(value, Tensor) and value.is_floating_point():
         return torch.round(value.detach().double() * _ONE)
     return value
 
 
 def _to_float(value: Any) -> Any:
-    if isinstance(value, Tensor):
+    if isinstance(value, Tensor) and value.dtype == torch.float64:
         return (value / _ONE).float()
     if isinstance(value, tuple):
         return type(value)(*map(_to_float, value)) if hasattr(value, "_fields") else tuple(map(_to_float, value))

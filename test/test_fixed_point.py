@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import REPO, load_layout_frame
 from torch import nn
+from torch.nn import functional as F
 
 from pcic_ros.fixed_point import FRACTION_BITS, FixedPointError, _sigmoid_table, evaluate
 from pcic_ros.projection import equalize_depth, project_points
@@ -58,12 +59,18 @@ def test_branch_and_scales_stay_close_to_the_float_networks_used_in_training(hyp
     assert torch.allclose(scales, expected_scales, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("name", ["hyper-pc", "elic-pc"])
+@pytest.mark.parametrize("name", ["hyper-pc", "elic-pc", "mlic-pc"])
 def test_the_modules_that_decide_distributions_compute_in_fixed_point(name):
     model = create_model(name, 1, pretrained=False)
     marked = {path for path, module in model.named_modules() if getattr(module, "computes_in_fixed_point", False)}
     if name == "hyper-pc":
         expected = {"branch", "h_s", "refiner"}
+    elif name == "mlic-pc":
+        expected = {"branch", "latent_codec.hyper.h_s", "latent_codec.refiner"}
+        for k in range(model.slices):
+            expected |= {f"latent_codec.y.{part}.y{k}" for part in ("local_context", "entropy_parameters")}
+            if k:
+                expected |= {f"latent_codec.y.{part}.y{k}" for part in ("channel_context", "global_context")}
     else:
         groups = len(model.groups)
         expected = {"branch", "latent_codec.hyper.h_s", "latent_codec.refiner"}
@@ -126,6 +133,18 @@ def test_sigmoid_table_is_monotonic_and_within_one_step_of_the_sigmoid():
     assert table[0] == 0 and table[-1] == ONE and table[4096] == ONE / 2
     assert torch.all(table[1:] >= table[:-1])
     assert torch.all((table - torch.sigmoid(x) * ONE).abs() <= 0.5 + 1e-6)
+
+
+def test_gelu_softmax_and_matmul_follow_their_float_counterparts():
+    x = torch.linspace(-12, 12, 4001).reshape(1, 1, 1, -1)
+    # GELU is x times a table entry, which is within half a step: the error grows with |x|.
+    assert torch.all((evaluate(nn.GELU(), x) - F.gelu(x)).abs() <= (0.5 * x.abs() + 1) / ONE)
+    logits = torch.randn(3, 7, 50, generator=torch.Generator().manual_seed(3)) * 5
+    probabilities = evaluate(lambda v: v.softmax(dim=2), logits)
+    assert torch.allclose(probabilities, logits.softmax(dim=2), atol=4 / ONE)
+    assert torch.allclose(probabilities.sum(dim=2), torch.ones(3, 7), atol=50 / ONE)
+    a, b = torch.randn(4, 8, 16) * 3, torch.randn(4, 16, 5) * 3
+    assert torch.allclose(evaluate(torch.matmul, a, b), a @ b, atol=1e-3)
 
 
 def test_operations_without_an_exact_rule_are_refused():

@@ -28,6 +28,7 @@ from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from pcic_ros.bitstream import MAX_STRINGS
+from pcic_ros.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import PointCloudCompressionModel
 from pcic_ros.models.elic import RefinedHyperpriorLatentCodec, _conditioned
 from pcic_ros.pointcloud import HyperRefiner, PointCloudConfig, PointCloudFeatures
@@ -319,9 +320,16 @@ class Mlic(PointCloudCompressionModel):
         )
         # The side parameters are features for parameter aggregation, not scales: no final activation.
         refiner = HyperRefiner(side_channels, pc.hyper_channels if pc.ff else 0) if pc is not None else None
+        entropy_model = MultiReferenceLatentCodec(slices, M // slices, side_channels, heads)
+        # Everything that computes means and scales: the same bits on every machine (pcic_ros.fixed_point).
+        deciding = [h_s, *([refiner] if refiner is not None else [])]
+        for contexts in (entropy_model.channel_context, entropy_model.local_context, entropy_model.global_context):
+            deciding += list(contexts.values())
+        for module in [*deciding, *entropy_model.entropy_parameters.values()]:
+            compute_in_fixed_point(module)
         self.latent_codec = RefinedHyperpriorLatentCodec(
             {
-                "y": MultiReferenceLatentCodec(slices, M // slices, side_channels, heads),
+                "y": entropy_model,
                 "hyper": HyperLatentCodec(entropy_bottleneck=EntropyBottleneck(N), h_a=h_a, h_s=h_s, quantizer="ste"),
             },
             refiner,
