@@ -55,6 +55,7 @@ __all__ = [
     "rd_curves",
     "bd_table",
     "write_results",
+    "merge_results",
     "plot_rd",
     "render_tables",
     "update_markdown",
@@ -255,6 +256,25 @@ def bd_table(curves: dict[str, dict], references: Sequence[str]) -> dict[str, di
     return table
 
 
+def merge_results(base: dict, *updates: dict) -> dict:
+    """``base`` with every codec that an update measured replaced by the update's records (e.g. models
+    re-evaluated after new checkpoints, without re-running the anchors). The frames and the crop must
+    be the same, or the curves would mix other images."""
+    merged = {"meta": dict(base["meta"]), "records": list(base["records"])}
+    for update in updates:
+        for key in ("frames", "crop"):
+            if update["meta"].get(key) != base["meta"].get(key):
+                raise ValueError(f"cannot merge results of other {key}: {update['meta'].get(key)}")
+        replaced = {record["codec"] for record in update["records"]}
+        merged["records"] = [r for r in merged["records"] if r["codec"] not in replaced] + update["records"]
+        merged["meta"]["weights"] = {**merged["meta"].get("weights", {}), **update["meta"].get("weights", {})}
+        merged["meta"].setdefault("merged", []).append(
+            {"codecs": sorted(replaced), "created": update["meta"].get("created"), "torch": update["meta"].get("torch")}
+        )
+    merged["curves"] = rd_curves(merged["records"])
+    return merged
+
+
 def write_results(results: dict, output: str | Path) -> tuple[Path, Path]:
     """``results.json`` (everything) and ``results.csv`` (one row per image and setting) in ``output``."""
     output = Path(output)
@@ -363,8 +383,14 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _run_report(args: argparse.Namespace) -> int:
     results = json.loads(Path(args.results).read_text())
+    references = args.bd_anchor or list(results.get("bd", {}))
+    if args.merge:
+        results = merge_results(results, *(json.loads(Path(path).read_text()) for path in args.merge))
     # BD figures are recomputed from the stored curves, so the report follows the current method.
-    results["bd"] = bd_table(results["curves"], args.bd_anchor or list(results.get("bd", {})))
+    results["bd"] = bd_table(results["curves"], references)
+    if args.merge:
+        json_path, csv_path = write_results(results, Path(args.results).parent)
+        print(f"merged into {json_path} and {csv_path}")
     tables = render_tables(results)
     print(tables)
     if args.figure:
@@ -401,6 +427,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     report = subparsers.add_parser("report", help="RD table and figure from an eval's results.json")
     report.add_argument("results", help="results.json of pcic eval")
+    report.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULTS",
+        help="results.json files whose codecs replace those in RESULTS (same frames and crop); RESULTS is rewritten",
+    )
     report.add_argument("--figure", help="write the RD plot here (PNG)")
     report.add_argument("--markdown", help=f"rewrite the {TABLE_START} block of this Markdown file")
     report.add_argument("--bd-anchor", nargs="+", help="references for BD-rate (default: those of the eval)")

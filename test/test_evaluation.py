@@ -19,6 +19,7 @@ from pcic_ros.evaluation import (
     TABLE_START,
     bd_table,
     evaluate,
+    merge_results,
     pick_evenly,
     plot_rd,
     rd_curves,
@@ -119,6 +120,24 @@ def test_report_rewrites_the_table_block_from_the_json(results, tmp_path):
     plain.write_text("# no block\n")
     with pytest.raises(ValueError, match="block"):
         update_markdown(plain, "x")
+
+
+def test_report_merges_re_evaluated_codecs_into_the_results(results, frame, tmp_path):
+    json_path, _ = write_results(results, tmp_path)
+    update = evaluate([frame], ["hyper"], (1, 3), [], PAPER_CROP, progress=False)
+    (tmp_path / "update").mkdir()
+    update_path, _ = write_results(update, tmp_path / "update")
+    assert main(["report", str(json_path), "--merge", str(update_path)]) == 0
+    merged = json.loads(json_path.read_text())
+    # HYPER's records are the update's (two qualities), JPEG's are kept; BD is recomputed.
+    assert [p["quality"] for p in merged["curves"]["hyper"]["points"]] == [1, 3]
+    assert merged["curves"]["jpeg"] == results["curves"]["jpeg"]
+    assert sum(r["codec"] == "hyper" for r in merged["records"]) == 2
+    assert set(merged["bd"]) == {"jpeg", "hyper"} and "hyper" in merged["bd"]["jpeg"]
+    assert merged["meta"]["merged"][0]["codecs"] == ["hyper"]
+    other = discover_frames(DATA / "kitti_object")[2]
+    with pytest.raises(ValueError, match="frames"):
+        merge_results(results, evaluate([other], ["hyper"], (1,), [], PAPER_CROP, progress=False))
 
 
 def test_pick_evenly_spreads_over_the_split():
