@@ -8,7 +8,7 @@ from torch import Tensor
 from pcic_ros.fixed_point import compute_in_fixed_point
 from pcic_ros.pointcloud import PointCloudBranch, PointCloudConfig, PointCloudFeatures
 
-__all__ = ["PointCloudCompressionModel"]
+__all__ = ["PointCloudCompressionModel", "LatentCodecModel"]
 
 
 class PointCloudCompressionModel(CompressionModel):
@@ -57,3 +57,51 @@ class PointCloudCompressionModel(CompressionModel):
         """What the decoder needs: c1..c3 for the synthesis transform (if FG there) and c_hyper (if FF)."""
         fg = self.point_cloud is not None and self.point_cloud.fg_synthesis
         return self._features(c_proj, need_scales=fg)
+
+
+class LatentCodecModel(PointCloudCompressionModel):
+    """A codec whose y and z are coded by one latent codec taking c_hyper (``RefinedHyperpriorLatentCodec``
+    of ``pcic_ros.models.elic``), as ELIC and MLIC are. Subclasses set ``self.latent_codec`` and give
+    ``num_strings`` and ``latent_shapes``."""
+
+    @property
+    def num_strings(self) -> int:
+        raise NotImplementedError
+
+    def latent_shapes(self, height: int, width: int) -> dict:
+        """The ``shape`` argument of the latent codec's ``decompress`` for z of height x width."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _c_hyper(features: PointCloudFeatures | None) -> Tensor | None:
+        return features.c_hyper if features is not None else None
+
+    def forward(self, x: Tensor, c_proj: Tensor | None = None) -> dict:
+        features = self.training_features(c_proj)
+        y = self.g_a(x, features)
+        y_out = self.latent_codec(y, self._c_hyper(features))
+        return {
+            "x_hat": self.g_s(y_out["y_hat"], features),
+            "likelihoods": y_out["likelihoods"],
+            "c_pre": features.c_pre if features is not None else None,
+        }
+
+    def compress(self, x: Tensor, c_proj: Tensor | None = None, reconstruct: bool = False) -> dict:
+        """Entropy-code x into ``num_strings`` strings (y's, then z). ``shape`` is z's size, from which
+        ``decompress`` derives every other. With ``reconstruct`` also return the decoder's x_hat: the
+        latent codec hands back y_hat as the decoder will rebuild it, so the two are identical."""
+        # With reconstruct the synthesis needs its features too: run the branch once for both sides.
+        features = self.encoder_features(c_proj, reconstruct)
+        y = self.g_a(x, features)
+        coded = self.latent_codec.compress(y, self._c_hyper(features))
+        out = {"strings": coded["strings"], "shape": coded["shape"]["hyper"]}
+        if reconstruct:
+            out["x_hat"] = self.g_s(coded["y_hat"], features).clamp_(0, 1)
+        return out
+
+    def decompress(self, strings: list, shape: tuple[int, int], c_proj: Tensor | None = None) -> dict:
+        if len(strings) != self.num_strings:
+            raise ValueError(f"{type(self).__name__} expects {self.num_strings} strings, got {len(strings)}")
+        features = self.decoder_features(c_proj)
+        y_hat = self.latent_codec.decompress(strings, self.latent_shapes(*shape), self._c_hyper(features))["y_hat"]
+        return {"x_hat": self.g_s(y_hat, features).clamp_(0, 1)}

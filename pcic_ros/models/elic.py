@@ -26,8 +26,8 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from pcic_ros.fixed_point import compute_in_fixed_point
-from pcic_ros.models.base import PointCloudCompressionModel
-from pcic_ros.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig, PointCloudFeatures
+from pcic_ros.models.base import LatentCodecModel
+from pcic_ros.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig
 
 __all__ = ["Elic", "RefinedHyperpriorLatentCodec", "elic_groups"]
 
@@ -91,7 +91,7 @@ def _conditioned(stages: list[tuple[nn.Module, int | None]]) -> ConditionedSeque
     return ConditionedSequential([layer for layer, _ in stages], [slot for _, slot in stages])
 
 
-class Elic(PointCloudCompressionModel):
+class Elic(LatentCodecModel):
     """ELIC, optionally with the point-cloud branch (ELIC-PC).
 
     Without ``point_cloud`` the layers are those of CompressAI's ``Elic2022Official``, with the
@@ -225,40 +225,6 @@ class Elic(PointCloudCompressionModel):
         """Strings per frame: two checkerboard passes per channel group, then z."""
         return 2 * len(self.groups) + 1
 
-    @staticmethod
-    def _c_hyper(features: PointCloudFeatures | None) -> Tensor | None:
-        return features.c_hyper if features is not None else None
-
-    def forward(self, x: Tensor, c_proj: Tensor | None = None) -> dict:
-        features = self.training_features(c_proj)
-        y = self.g_a(x, features)
-        y_out = self.latent_codec(y, self._c_hyper(features))
-        return {
-            "x_hat": self.g_s(y_out["y_hat"], features),
-            "likelihoods": y_out["likelihoods"],
-            "c_pre": features.c_pre if features is not None else None,
-        }
-
-    def compress(self, x: Tensor, c_proj: Tensor | None = None, reconstruct: bool = False) -> dict:
-        """Entropy-code x into ``num_strings`` strings (y group by group and pass by pass, then z).
-        ``shape`` is z's size, from which ``decompress`` derives every other. With ``reconstruct`` also
-        return the decoder's x_hat: the latent codecs hand back y_hat decoded from the strings
-        themselves, so the two are identical."""
-        # With reconstruct the synthesis needs its features too: run the branch once for both sides.
-        features = self.encoder_features(c_proj, reconstruct)
-        y = self.g_a(x, features)
-        coded = self.latent_codec.compress(y, self._c_hyper(features))
-        out = {"strings": coded["strings"], "shape": coded["shape"]["hyper"]}
-        if reconstruct:
-            out["x_hat"] = self.g_s(coded["y_hat"], features).clamp_(0, 1)
-        return out
-
-    def decompress(self, strings: list, shape: tuple[int, int], c_proj: Tensor | None = None) -> dict:
-        if len(strings) != self.num_strings:
-            raise ValueError(f"{type(self).__name__} expects {self.num_strings} strings, got {len(strings)}")
-        features = self.decoder_features(c_proj)
-        height, width = shape
+    def latent_shapes(self, height: int, width: int) -> dict:
         # h_a halves y twice: every group of y is 4x the size of z.
-        shapes = {"y": [(g, 4 * height, 4 * width) for g in self.groups], "hyper": (height, width)}
-        y_hat = self.latent_codec.decompress(strings, shapes, self._c_hyper(features))["y_hat"]
-        return {"x_hat": self.g_s(y_hat, features).clamp_(0, 1)}
+        return {"y": [(g, 4 * height, 4 * width) for g in self.groups], "hyper": (height, width)}

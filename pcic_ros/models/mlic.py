@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from pcic_ros.bitstream import MAX_STRINGS
 from pcic_ros.fixed_point import compute_in_fixed_point
-from pcic_ros.models.base import PointCloudCompressionModel
+from pcic_ros.models.base import LatentCodecModel
 from pcic_ros.models.elic import RefinedHyperpriorLatentCodec, _conditioned
-from pcic_ros.pointcloud import HyperRefiner, PointCloudConfig, PointCloudFeatures
+from pcic_ros.pointcloud import HyperRefiner, PointCloudConfig
 
 __all__ = ["GlobalSpatialContext", "Mlic", "MultiReferenceLatentCodec", "checkerboard_anchors"]
 
@@ -225,7 +225,7 @@ class MultiReferenceLatentCodec(LatentCodec):
         return {"y_hat": self._walk(side_params, code_half)}
 
 
-class Mlic(PointCloudCompressionModel):
+class Mlic(LatentCodecModel):
     """MLIC, optionally with the point-cloud branch (MLIC-PC).
 
     Transforms: MLIC's, residual blocks after Cheng et al. 2020 (strided residual blocks down, sub-pixel
@@ -351,39 +351,6 @@ class Mlic(PointCloudCompressionModel):
         """Strings per frame: anchors and non-anchors of each slice, then z."""
         return 2 * self.slices + 1
 
-    @staticmethod
-    def _c_hyper(features: PointCloudFeatures | None) -> Tensor | None:
-        return features.c_hyper if features is not None else None
-
-    def forward(self, x: Tensor, c_proj: Tensor | None = None) -> dict:
-        features = self.training_features(c_proj)
-        y = self.g_a(x, features)
-        y_out = self.latent_codec(y, self._c_hyper(features))
-        return {
-            "x_hat": self.g_s(y_out["y_hat"], features),
-            "likelihoods": y_out["likelihoods"],
-            "c_pre": features.c_pre if features is not None else None,
-        }
-
-    def compress(self, x: Tensor, c_proj: Tensor | None = None, reconstruct: bool = False) -> dict:
-        """Entropy-code x into ``num_strings`` strings (y slice by slice and half by half, then z).
-        ``shape`` is z's size, from which ``decompress`` derives y's. With ``reconstruct`` also return
-        the decoder's x_hat, synthesised from the y_hat the decoder will rebuild."""
-        # With reconstruct the synthesis needs its features too: run the branch once for both sides.
-        features = self.encoder_features(c_proj, reconstruct)
-        y = self.g_a(x, features)
-        coded = self.latent_codec.compress(y, self._c_hyper(features))
-        out = {"strings": coded["strings"], "shape": coded["shape"]["hyper"]}
-        if reconstruct:
-            out["x_hat"] = self.g_s(coded["y_hat"], features).clamp_(0, 1)
-        return out
-
-    def decompress(self, strings: list, shape: tuple[int, int], c_proj: Tensor | None = None) -> dict:
-        if len(strings) != self.num_strings:
-            raise ValueError(f"{type(self).__name__} expects {self.num_strings} strings, got {len(strings)}")
-        features = self.decoder_features(c_proj)
-        height, width = shape
+    def latent_shapes(self, height: int, width: int) -> dict:
         # h_a halves y twice: y is 4x the size of z.
-        shapes = {"y": (4 * height, 4 * width), "hyper": (height, width)}
-        y_hat = self.latent_codec.decompress(strings, shapes, self._c_hyper(features))["y_hat"]
-        return {"x_hat": self.g_s(y_hat, features).clamp_(0, 1)}
+        return {"y": (4 * height, 4 * width), "hyper": (height, width)}
