@@ -182,7 +182,8 @@ def test_under_camera_and_lidar_load_memory_stays_flat_and_the_newest_frames_win
     scanless = {stamp_to_ns(frame.header.stamp) for frame in bench.compressed if not frame.scan_frame_id}
     assert len(decoded) == received.frames_out and scanless and scanless <= decoded
     print(
-        f"fed {len(fed)} images ({len(fed) / LOAD_SECONDS:.1f} Hz) and {len(stream.scan_stamps)} scans"
+        f"fed {len(fed)} images ({len(fed) / LOAD_SECONDS:.1f} Hz, {stream.skipped_ticks} ticks skipped) and"
+        f" {len(stream.scan_stamps)} scans"
         f" in {LOAD_SECONDS:.0f} s; encoder: {sent.frames_in} in, {sent.frames_out} out"
         f" ({sent.frames_out / LOAD_SECONDS:.2f} Hz), {sent.frames_dropped_queue} dropped;"
         f" decoder: {received.frames_in} in, {received.frames_out} out, {received.scan_timeout} without scan;"
