@@ -99,7 +99,8 @@ def depth_input(
 # symbol a chain of 4-bit counts then that many 4-bit digits. Past the end only zero words come in,
 # which cut a chain after the state's own (at most 16) nibbles: at most about 26 words (104 bytes) per
 # symbol. A chain fed by the string itself can be longer, but it asks for at most 15 digits per nibble
-# of the string: at most 15 bytes read past the end per byte of the string (measured: 15.0 for 0xff).
+# of the string: about 15 bytes read past the end per byte of the string (under 18 counting whole
+# words; 15.0 measured for runs of 0xff).
 _OVERREAD_PER_SYMBOL = 128
 _OVERREAD_PER_STRING_BYTE = 20
 _OVERREAD_FIXED = 1024
