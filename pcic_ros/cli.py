@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "pcic_ros.evaluation",
     "pcic_ros.bags",
     "pcic_ros.launch_runner",
+    "pcic_ros.study",
 ]
 
 
