@@ -12,11 +12,11 @@ coded with real bitstreams (``pcic_ros.evaluation.evaluate``), and the study fol
 ``results.json`` and ``results.csv``, ``table.md`` (BD-rate against ELIC, or against ELIC-PC with the
 scan as recorded for the lossy study, under a line stating the training budget) and ``rd.png``.
 
-The study folder also holds ``runs/<model>-q<quality>/`` (``pcic train`` run folders: running the same
-command again resumes unfinished runs and skips finished ones) and ``checkpoints/`` (the exported
-weights as ``<model>-q<quality>.pt`` and ``train_config.yaml``, the budget they were trained with).
-``--checkpoints DIR`` evaluates such a folder instead of training; ``--report-only`` rebuilds the table
-and the plot from ``results.json``.
+The study folder (or ``--train-dir``, which studies may share) also holds ``runs/<model>-q<quality>/``
+(``pcic train`` run folders: running the same command again resumes unfinished runs and skips finished
+ones) and ``checkpoints/`` (the exported weights as ``<model>-q<quality>.pt``, and ``budgets.yaml``, the
+budget each was trained with). ``--checkpoints DIR`` evaluates such a folder instead of training;
+``--report-only`` rebuilds the table and the plot from ``results.json``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ __all__ = [
     "study_references",
     "study_rows",
     "train_variants",
+    "checkpoint_budget",
     "evaluate_study",
     "render_study_table",
     "run_study",
@@ -72,9 +73,9 @@ STUDIES: dict[str, str] = {
     "lossy-scans": "ELIC-PC with Draco-coded scans at both encoder and decoder (the paper's Fig. 10)",
 }
 DEFAULT_BITS: tuple[int, ...] = (8, 10, 12, 14)
-#: Beside the checkpoints a study trains: the budget they were trained with (``config_file`` and
-#: ``config``, the TrainConfig less the model, quality and run folder).
-BUDGET_FILE = "train_config.yaml"
+#: Beside the checkpoints a study trains: per checkpoint (``<model>-q<quality>``) the budget it was
+#: trained with, ``config_file`` and ``config`` (the TrainConfig less the model, quality and run folder).
+BUDGET_FILE = "budgets.yaml"
 #: The paper's training budget (sec. IV.A), for the comparison every table states.
 PAPER_STEPS, PAPER_BATCH = 1_000_000, 8
 #: Bytes per point of a scan kept as recorded: float32 x, y, z (reflectance is of no use to the codec).
@@ -155,16 +156,38 @@ def study_references(study: str) -> list[str]:
     return {"models": ["elic"], "ablations": ["elic", "elic-pc-zeros"], "lossy-scans": ["elic-pc"]}[study]
 
 
+#: Settings that do not change what a run learns (its samples and noise depend on the seed and step
+#: alone), so a run may be resumed under other values of them, e.g. on another machine.
+_RUN_INDEPENDENT = ("device", "num_workers", "log_every", "validate_every", "checkpoint_every")
+
+
 def _budget(config: TrainConfig, config_file: str | None) -> dict:
+    """What a checkpoint learned from: the settings of its run less the model, quality and folder and
+    those that change nothing learned (``_RUN_INDEPENDENT``)."""
     settings = dataclasses.asdict(config)
-    for key in ("model", "quality", "output"):
+    for key in ("model", "quality", "output", *_RUN_INDEPENDENT):
         settings.pop(key)
     return {"config_file": config_file, "config": settings}
 
 
-#: Settings that do not change what a run learns (its samples and noise depend on the seed and step
-#: alone), so a run may be resumed under other values of them, e.g. on another machine.
-_RUN_INDEPENDENT = ("device", "num_workers", "log_every", "validate_every", "checkpoint_every")
+def _read_budgets(checkpoints: Path) -> dict[str, dict]:
+    path = checkpoints / BUDGET_FILE
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def checkpoint_budget(checkpoints: str | Path, names: Sequence[str]) -> dict:
+    """The budget the named checkpoints (``<model>-q<quality>``) of a folder were trained with:
+    ``checkpoints``, ``config_file``, ``config`` (None when a checkpoint's budget is not recorded or
+    they differ) and ``mixed`` (True when they differ)."""
+    budgets = _read_budgets(Path(checkpoints))
+    found = [budgets.get(name) for name in names]
+    budget = {"checkpoints": str(checkpoints), "config_file": None, "config": None, "mixed": False}
+    if all(found):
+        if all(entry["config"] == found[0]["config"] for entry in found):
+            budget.update(found[0])
+        else:
+            budget["mixed"] = True
+    return budget
 
 
 def _same_run(stored: dict, config: TrainConfig) -> bool:
@@ -194,15 +217,15 @@ def train_variants(
 ) -> Path:
     """Train every model at every quality with ``config`` (its model, quality and output replaced) into
     ``folder/runs``; returns ``folder/checkpoints``, which then holds every ``<model>-q<quality>.pt`` and
-    the budget file (``config_file`` names where ``config`` came from). Runs already finished with the
-    same settings are kept; runs that stopped early resume."""
+    their budgets (``config_file`` names where ``config`` came from). Runs already finished with the
+    same settings are kept, runs that stopped early resume: studies that share ``folder`` train each
+    model once."""
     if config.lmbda is not None:
         raise ValueError("a study sets lambda by quality: leave lmbda out of the config (or null)")
     folder = Path(folder)
     checkpoints = folder / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    # Until every run is done, the folder may mix budgets: it claims none.
-    (checkpoints / BUDGET_FILE).unlink(missing_ok=True)
+    budget = _budget(config, config_file)
     runs = [(model, quality) for model in dict.fromkeys(models) for quality in qualities]
     for model, quality in tqdm(runs, desc="study: training", unit="run", disable=not progress):
         run = dataclasses.replace(
@@ -212,7 +235,9 @@ def train_variants(
         if state != "finished":
             train(run, resume=state == "stopped", progress=progress)
         shutil.copyfile(Path(run.output) / "model.pt", checkpoints / f"{model}-q{quality}.pt")
-    (checkpoints / BUDGET_FILE).write_text(yaml.safe_dump(_budget(config, config_file), sort_keys=False))
+        budgets = _read_budgets(checkpoints)
+        budgets[f"{model}-q{quality}"] = budget
+        (checkpoints / BUDGET_FILE).write_text(yaml.safe_dump(budgets, sort_keys=False))
     return checkpoints
 
 
@@ -323,7 +348,8 @@ def _budget_line(meta: dict) -> str:
         f"qualities {', '.join(str(q) for q in meta['qualities'])}, on {meta['device']}."
     )
     if config is None:
-        return f"**Training budget: not recorded** (checkpoints from `{budget.get('checkpoints')}`). {evaluated}"
+        why = "differs between the checkpoints" if budget.get("mixed") else "not recorded"
+        return f"**Training budget: {why}** (checkpoints from `{budget.get('checkpoints')}`). {evaluated}"
     drops = "".join(f", x {factor} from {fraction:.0%}" for fraction, factor in config["learning_rate_drops"])
     return (
         f"**Training budget: {config['steps']:,} steps per model and quality**, batch {config['batch_size']} of "
@@ -396,11 +422,13 @@ def run_study(
     device: str | None = None,
     bits: Sequence[int] = DEFAULT_BITS,
     config_file: str | None = None,
+    train_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Train (unless ``checkpoints`` is given), evaluate and report one study into ``output``; returns
     the results. ``config`` gives the training budget and the data with its validation split;
-    ``frames`` validation frames are coded (0: all of them)."""
+    ``frames`` validation frames are coded (0: all of them). Runs and checkpoints go to ``train_dir``
+    (default: ``output``)."""
     variants = study_variants(study, bits)
     split = split_by_sequence(discover_frames(config.data), config.validation_sequences)
     picked = pick_evenly(split.validation, frames)
@@ -408,11 +436,10 @@ def run_study(
         raise DataError(f"no validation frames in {config.data} (validation sequences {config.validation_sequences})")
     output = Path(output)
     if checkpoints is None:
-        checkpoints = train_variants([v.model for v in variants], qualities, config, output, config_file, progress)
-    budget_path = Path(checkpoints) / BUDGET_FILE
-    budget = {"checkpoints": str(checkpoints), "config_file": None, "config": None}
-    if budget_path.is_file():
-        budget.update(yaml.safe_load(budget_path.read_text()))
+        models = [v.model for v in variants]
+        checkpoints = train_variants(models, qualities, config, train_dir or output, config_file, progress)
+    names = [f"{model}-q{quality}" for model in dict.fromkeys(v.model for v in variants) for quality in qualities]
+    budget = checkpoint_budget(checkpoints, names)
     results = evaluate_study(
         study, variants, picked, qualities, crop, checkpoints, device or default_device(), progress
     )
@@ -464,6 +491,7 @@ def _run(args: argparse.Namespace) -> int:
             device=args.device,
             bits=getattr(args, "bits", DEFAULT_BITS),
             config_file=args.config,
+            train_dir=args.train_dir,
         )
     print(render_study_table(results))
     print(f"{output / 'results.json'}, {output / 'table.md'}, {output / 'rd.png'}")
@@ -496,6 +524,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--report-only", action="store_true", help="rebuild table.md and rd.png from the study's results.json"
         )
         sub.add_argument("--output", help=f"study folder (default: out/study/{name})")
+        sub.add_argument(
+            "--train-dir",
+            metavar="DIR",
+            help="folder of the training runs and checkpoints (default: the study folder); studies given the "
+            "same one train each model once",
+        )
         if name == "lossy-scans":
             sub.add_argument(
                 "--bits",

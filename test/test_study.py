@@ -20,6 +20,7 @@ from pcic_ros.study import (
     BUDGET_FILE,
     DracoCodedFrame,
     Variant,
+    checkpoint_budget,
     report_study,
     study_rows,
     study_variants,
@@ -103,8 +104,10 @@ def test_models_study_trains_every_variant_with_one_budget(models_study, tiny_co
         log = (models_study / "runs" / f"{name}-q1" / "train_log.csv").read_text().splitlines()
         assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]
         assert (models_study / "checkpoints" / f"{name}-q1.pt").is_file()
-    budget = yaml.safe_load((models_study / "checkpoints" / BUDGET_FILE).read_text())
-    assert budget["config"]["steps"] == 2 and budget["config_file"] == str(tiny_config)
+    budgets = yaml.safe_load((models_study / "checkpoints" / BUDGET_FILE).read_text())
+    assert sorted(budgets) == ["elic-pa-q1", "elic-pc-q1", "elic-q1"]
+    for budget in budgets.values():
+        assert budget["config"]["steps"] == 2 and budget["config_file"] == str(tiny_config)
     assert results["meta"]["budget"]["config"]["steps"] == 2
     # Real bitstreams of the validation frame's crop: the whole pcic container, header included.
     for record in results["records"]:
@@ -127,6 +130,7 @@ def test_models_study_trains_every_variant_with_one_budget(models_study, tiny_co
 
 
 def test_finished_runs_are_not_trained_again(models_study, tiny_config):
+    """As when another study shares the training folder (--train-dir): the runs it needs are done."""
     # The study ran on the CPU by --device; the device does not change what a run learns.
     config = TrainConfig.from_yaml(tiny_config, steps=2)
     before = {p.parent.name: p.stat().st_mtime_ns for p in (models_study / "runs").glob("*/model.pt")}
@@ -144,14 +148,34 @@ def test_lossy_scan_study_evaluates_existing_checkpoints(models_study, tiny_conf
     results = json.loads((output / "results.json").read_text())
     assert list(results["curves"]) == ["elic-pc", "elic-pc (draco 8 bits)", "elic"]
     assert list(results["bd"]) == ["elic-pc"]
+    # The checkpoints code the very bytes they coded in the study that trained them.
+    fields = ("codec", "quality", "frame", "bytes", "psnr")
+    trained = json.loads((models_study / "results.json").read_text())["records"]
+    for codec in ("elic-pc", "elic"):
+        again = [[r[f] for f in fields] for r in results["records"] if r["codec"] == codec]
+        assert again == [[r[f] for f in fields] for r in trained if r["codec"] == codec]
     rows = results["meta"]["rows"]
     assert rows["elic-pc"]["error bound (cm)"] == "0.000"
     assert 0 < float(rows["elic-pc (draco 8 bits)"]["scan (kB)"]) < float(rows["elic-pc"]["scan (kB)"]) / 50
     assert float(rows["elic-pc (draco 8 bits)"]["error bound (cm)"]) > 10
     table = (output / "table.md").read_text()
-    # The budget comes from the checkpoints' own record, not from this command.
+    # The budget comes from the checkpoints' own record, not from this command's config.
     assert "**Training budget: 2 steps per model and quality**" in table
     assert list(table_rows(table)) == ["ELIC-PC", "ELIC-PC (DRACO 8 BITS)", "ELIC"]
+
+
+def test_checkpoint_budget_is_one_budget_or_none(models_study, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(models_study / "checkpoints", checkpoints)
+    assert checkpoint_budget(checkpoints, ["elic-q1", "elic-pa-q1"])["config"]["steps"] == 2
+    budgets = yaml.safe_load((checkpoints / BUDGET_FILE).read_text())
+    budgets["elic-pa-q1"]["config"]["steps"] = 3
+    (checkpoints / BUDGET_FILE).write_text(yaml.safe_dump(budgets))
+    mixed = checkpoint_budget(checkpoints, ["elic-q1", "elic-pa-q1"])
+    assert mixed["mixed"] and mixed["config"] is None
+    assert checkpoint_budget(checkpoints, ["elic-q1", "elic-pc-q1"])["config"]["steps"] == 2
+    unrecorded = checkpoint_budget(checkpoints, ["elic-q1", "elic-q2"])
+    assert unrecorded["config"] is None and not unrecorded["mixed"]
 
 
 def test_report_only_rebuilds_table_and_plot_from_results(models_study, tmp_path):
