@@ -405,9 +405,12 @@ def render_study_table(results: dict) -> str:
 def _write_report(results: dict, folder: Path) -> tuple[Path, Path]:
     table = folder / "table.md"
     table.write_text(render_study_table(results))
-    config = results["meta"].get("budget", {}).get("config")
-    budget = f"{config['steps']:,} training steps" if config else "training budget not recorded"
-    figure = plot_rd(results, folder / "rd.png", title=f"{results['meta']['title']}\n{budget}")
+    budget = results["meta"].get("budget", {})
+    if budget.get("config"):
+        title = f"{budget['config']['steps']:,} training steps per model and quality"
+    else:
+        title = "training budgets differ" if budget.get("mixed") else "training budget not recorded"
+    figure = plot_rd(results, folder / "rd.png", title=f"{results['meta']['title']}\n{title}")
     return table, figure
 
 
