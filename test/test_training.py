@@ -254,5 +254,7 @@ def test_shipped_checkpoints_load_by_name_with_stored_cdfs(name):
         untrained = create_model(name, quality, pretrained=False)
         assert weights_fingerprint(loaded) != weights_fingerprint(untrained)
         assert stored["state_dict"]["gaussian_conditional._quantized_cdf"].dtype == torch.int32
-        assert stored["state_dict"]["g_a.layers.0.weight"].dtype == torch.float16
-    assert sizes < 36e6
+        assert stored["state_dict"]["g_a.layers.0.weight"]["values"].dtype == torch.int8
+        assert stored["state_dict"]["g_a.layers.1.beta"].dtype == torch.float16
+    # Both families together stay well under the 60 MB the issue allows (35 MB shipped).
+    assert sizes < 21e6
