@@ -351,7 +351,8 @@ def update_markdown(path: str | Path, tables: str) -> None:
     path.write_text(text[: start + len(TABLE_START)] + "\n" + tables + text[end:])
 
 
-def _parse_crop(value: str) -> tuple[int, int] | None:
+def parse_crop(value: str) -> tuple[int, int] | None:
+    """A --crop argument: 'paper' (PAPER_CROP), 'full' (None) or WIDTHxHEIGHT, as (height, width)."""
     if value == "paper":
         return PAPER_CROP
     if value == "full":
@@ -418,7 +419,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validation-sequences", nargs="+", help="sequence patterns of the validation split")
     parser.add_argument("--frames", type=int, default=0, help="evaluate this many frames, spread evenly (0: all)")
     parser.add_argument(
-        "--crop", type=_parse_crop, default=PAPER_CROP, help="'paper' (1242x256, default), 'full' or WIDTHxHEIGHT"
+        "--crop", type=parse_crop, default=PAPER_CROP, help="'paper' (1242x256, default), 'full' or WIDTHxHEIGHT"
     )
     parser.add_argument("--checkpoint-dir", help="folder of <model>-q<quality>.pt (default: the shipped ones)")
     parser.add_argument("--device", default="cpu", help="device of the learned models (default: cpu)")

@@ -36,7 +36,16 @@ from tqdm import tqdm
 
 from pcic_ros.codec import default_device
 from pcic_ros.datasets import DataError, Frame, discover_frames
-from pcic_ros.evaluation import bd_table, evaluate, pick_evenly, plot_rd, rd_curves, render_tables, write_results
+from pcic_ros.evaluation import (
+    bd_table,
+    evaluate,
+    parse_crop,
+    pick_evenly,
+    plot_rd,
+    rd_curves,
+    render_tables,
+    write_results,
+)
 from pcic_ros.lossy_scan import (
     MAX_QUANTIZATION_BITS,
     MIN_QUANTIZATION_BITS,
@@ -463,18 +472,6 @@ def report_study(study: str, output: str | Path) -> dict:
     return results
 
 
-def _parse_crop(value: str) -> tuple[int, int] | None:
-    if value == "paper":
-        return PAPER_CROP
-    if value == "full":
-        return None
-    try:
-        width, height = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"crop must be 'paper', 'full' or WIDTHxHEIGHT, got '{value}'") from None
-    return height, width
-
-
 def _run(args: argparse.Namespace) -> int:
     output = Path(args.output or f"out/study/{args.study}")
     if args.report_only:
@@ -520,7 +517,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         )
         sub.add_argument("--frames", type=int, default=0, help="validation frames to code, spread evenly (0: all)")
         sub.add_argument(
-            "--crop", type=_parse_crop, default=PAPER_CROP, help="'paper' (1242x256, default), 'full' or WIDTHxHEIGHT"
+            "--crop", type=parse_crop, default=PAPER_CROP, help="'paper' (1242x256, default), 'full' or WIDTHxHEIGHT"
         )
         sub.add_argument("--checkpoints", metavar="DIR", help="evaluate DIR/<model>-q<quality>.pt instead of training")
         sub.add_argument(
