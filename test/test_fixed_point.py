@@ -13,7 +13,8 @@ from conftest import REPO, load_layout_frame
 from torch import nn
 from torch.nn import functional as F
 
-from pcic_ros.fixed_point import FRACTION_BITS, FixedPointError, _sigmoid_table, evaluate
+from pcic_ros import fixed_point
+from pcic_ros.fixed_point import FRACTION_BITS, FixedPointError, _banded_conv2d, _sigmoid_table, evaluate
 from pcic_ros.projection import equalize_depth, project_points
 from pcic_ros.zoo import create_model
 
@@ -101,6 +102,26 @@ def test_summation_order_does_not_change_a_bit():
         permuted_transposed.weight.copy_(transposed.weight[order])
         permuted_transposed.bias.copy_(transposed.bias)
     assert torch.equal(evaluate(transposed, x), evaluate(permuted_transposed, x[:, order]))
+
+
+@pytest.mark.parametrize(
+    ("kernel_size", "stride", "padding", "dilation", "groups"),
+    [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 1, 2, 1, 1), (5, 2, (2, 1), 1, 2), (3, 1, 2, 2, 1), (1, 1, 0, 1, 1),
+     (4, 3, 0, 1, 1)],
+)  # fmt: skip
+def test_convolving_a_band_of_rows_at_a_time_gives_the_whole_frames_bits(
+    monkeypatch, kernel_size, stride, padding, dilation, groups
+):
+    """The CPU path convolves bands of output rows (for the cache); with bands of one or a few rows, at
+    the top and bottom edges and odd heights, every output must be the whole convolution's."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randint(-(2**20), 2**20, (1, 8, 37, 29), generator=generator).double()
+    kernel = torch.randint(-4095, 4096, (6, 8 // groups, kernel_size, kernel_size), generator=generator).double()
+    whole = torch.conv2d(x, kernel, None, stride, padding, dilation, groups)
+    row_bytes = kernel[0].numel() * whole.shape[-1] * 8
+    for rows in (1, 3):
+        monkeypatch.setattr(fixed_point, "_BAND_BYTES", rows * row_bytes)
+        assert torch.equal(_banded_conv2d(x, kernel, stride, padding, dilation, groups), whole)
 
 
 EVALUATE_SCRIPT = """
