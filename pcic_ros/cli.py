@@ -55,7 +55,7 @@ def _encode(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     scan, calibration = _frame_inputs(args)
     codec = Codec(args.model, args.quality, device=args.device, checkpoint=args.checkpoint)
-    frame = codec.encode_frame(image, scan, calibration)
+    frame = codec.encode_frame(image, scan, calibration, reconstruct=False)
     output = Path(args.output)
     output.write_bytes(frame.data)
     fallback = " (all-zeros fallback: no scan)" if frame.header.zeros_fallback else ""

@@ -50,8 +50,8 @@ class EncodedFrame:
 
     data: bytes
     header: FrameHeader
-    reconstruction: np.ndarray
-    """What the decoder will output for ``data``: H x W x 3 uint8."""
+    reconstruction: np.ndarray | None
+    """What the decoder will output for ``data``: H x W x 3 uint8 (None when not asked for)."""
 
     @property
     def bits_per_pixel(self) -> float:
@@ -129,6 +129,10 @@ class Codec:
         quality: 1..4.
         device: 'cpu', 'cuda' or None for ``default_device()``.
         checkpoint: weights to use for ``model``/``quality`` instead of the shipped or untrained ones.
+        max_decode_pixels: ``decode`` refuses frames larger than this. Decoding costs what the header
+            asks for, not what the file weighs: a forged 46-byte container may ask for the format's
+            largest image (``MAX_PIXELS``, about 40 s and 3 GB on one CPU core). A receiver that knows
+            its cameras sets their size here.
     """
 
     def __init__(
@@ -137,8 +141,12 @@ class Codec:
         quality: int = 4,
         device: str | None = None,
         checkpoint: str | None = None,
+        max_decode_pixels: int = MAX_PIXELS,
     ) -> None:
+        if max_decode_pixels < 1:
+            raise ValueError(f"max_decode_pixels must be positive, got {max_decode_pixels}")
         self.device = torch.device(device or default_device())
+        self.max_decode_pixels = max_decode_pixels
         self.model_name = model
         self.quality = quality
         self._checkpoint = checkpoint
@@ -172,11 +180,18 @@ class Codec:
     def encode(self, image: np.ndarray, scan: np.ndarray | None, calibration: Calibration | None) -> bytes:
         """Encode one RGB frame (H x W x 3 uint8) with its scan (N x 3/4, LiDAR frame) and calibration.
         ``scan=None`` codes the frame with the all-zeros fallback; the decoder then needs no scan."""
-        return self.encode_frame(image, scan, calibration).data
+        return self.encode_frame(image, scan, calibration, reconstruct=False).data
 
     @torch.inference_mode()
-    def encode_frame(self, image: np.ndarray, scan: np.ndarray | None, calibration: Calibration | None) -> EncodedFrame:
-        """Like ``encode``, also returning the header and the reconstruction the decoder will produce."""
+    def encode_frame(
+        self,
+        image: np.ndarray,
+        scan: np.ndarray | None,
+        calibration: Calibration | None,
+        reconstruct: bool = True,
+    ) -> EncodedFrame:
+        """Like ``encode``, also returning the header and, with ``reconstruct``, the image the decoder
+        will produce (one synthesis pass more: an encoder that only sends leaves it out)."""
         image = _check_image(image)
         model, weights_fp = self._model(self.model_name, self.quality)
         height, width = image.shape[:2]
@@ -190,7 +205,7 @@ class Codec:
         # Replicate padding keeps the padded border cheap to code; it is cropped away after decoding.
         x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
         c_proj = self._c_proj(equalized, height, width, padded) if model.branch is not None else None
-        out = model.compress(x, c_proj, reconstruct=True)
+        out = model.compress(x, c_proj, reconstruct=reconstruct)
         header = FrameHeader(
             model=self.model_name,
             quality=self.quality,
@@ -203,7 +218,8 @@ class Codec:
             zeros_fallback=zeros_fallback,
         )
         strings = [s[0] for s in out["strings"]]
-        return EncodedFrame(pack(header, strings), header, _to_image(out["x_hat"], height, width))
+        reconstruction = _to_image(out["x_hat"], height, width) if reconstruct else None
+        return EncodedFrame(pack(header, strings), header, reconstruction)
 
     @torch.inference_mode()
     def decode(self, data: bytes, scan: np.ndarray | None = None, calibration: Calibration | None = None) -> np.ndarray:
@@ -211,6 +227,11 @@ class Codec:
         the encoder used (unless the frame used the zeros fallback or the model does not use the scan
         at the decoder). Raises BitstreamError (or its ScanMismatchError) for any bad input."""
         header, strings = unpack(data)
+        if header.height * header.width > self.max_decode_pixels:
+            raise BitstreamError(
+                f"a {header.width} x {header.height} frame is larger than this decoder accepts "
+                f"({self.max_decode_pixels} pixels: max_decode_pixels)"
+            )
         if header.model not in MODELS:
             raise BitstreamError(f"unknown model '{header.model}' (this decoder knows {', '.join(sorted(MODELS))})")
         try:

@@ -21,7 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from pcic_ros.bitstream import BitstreamError, ScanMismatchError, read_header
+from pcic_ros.bitstream import MAX_PIXELS, BitstreamError, ScanMismatchError, read_header
 from pcic_ros.codec import Codec, default_device
 from pcic_ros.msg import CodecStatistics, CompressedFrame
 from pcic_ros.node_support import (
@@ -60,6 +60,13 @@ class DecoderNode(Node):
             self, "fixed_extrinsic", [0.0], "row-major 4x4 T_camera_lidar instead of TF; [0.0] means use TF"
         )
         work_queue = declare(self, "work_queue_size", 4, "frames waiting for the decoder; more drop the oldest")
+        self._max_image_pixels = declare(
+            self,
+            "max_image_pixels",
+            MAX_PIXELS,
+            "frames whose header asks for more pixels are dropped undecoded (decoding costs what the header "
+            "asks for); set to the cameras' size",
+        )
         stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
         log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
         input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the compressed frame and scan subscriptions")
@@ -93,9 +100,15 @@ class DecoderNode(Node):
     def _on_frame(self, frame: CompressedFrame) -> None:
         self._stats.frames_in += 1
         try:
-            read_header(bytes(frame.data))
+            header = read_header(bytes(frame.data))
         except BitstreamError as error:
             self._problems.report("corrupt_message", f"frame dropped: {error}")
+            return
+        if header.height * header.width > self._max_image_pixels:
+            self._problems.report(
+                "corrupt_message",
+                f"frame dropped: {header.width} x {header.height} exceeds max_image_pixels ({self._max_image_pixels})",
+            )
             return
         if not self._try_queue(_Waiting(frame, time.monotonic())):
             self._waiting.append(_Waiting(frame, time.monotonic()))
@@ -149,7 +162,9 @@ class DecoderNode(Node):
 
     def _codec(self, model: str, quality: int) -> Codec:
         if (model, quality) not in self._codecs:
-            self._codecs[(model, quality)] = Codec(model, quality, device=self._device)
+            self._codecs[(model, quality)] = Codec(
+                model, quality, device=self._device, max_decode_pixels=self._max_image_pixels
+            )
         return self._codecs[(model, quality)]
 
     def _work(self) -> None:

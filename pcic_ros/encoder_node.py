@@ -231,11 +231,11 @@ class EncoderNode(Node):
         for quality in self._rate.candidates(stream_s):
             started = time.perf_counter()
             try:
-                frame = self._codecs[quality].encode_frame(job.rgb, scan, calibration)
+                frame = self._codecs[quality].encode_frame(job.rgb, scan, calibration, reconstruct=False)
             except ScanError as error:
                 self._problems.report("no_points_in_view", f"sending without the scan: {error}")
                 scan = calibration = None
-                frame = self._codecs[quality].encode_frame(job.rgb, None, None)
+                frame = self._codecs[quality].encode_frame(job.rgb, None, None, reconstruct=False)
             elapsed_ms = 1000.0 * (time.perf_counter() - started)
             self._rate.observe(quality, 8 * len(frame.data))
             if not self._rate.try_send(8 * len(frame.data), stream_s):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -96,6 +97,30 @@ def test_zeros_fallback_is_flagged_and_decodes_without_a_scan(codecs):
     assert not read_header(baseline.data).zeros_fallback
     np.testing.assert_array_equal(codecs["hyper"].decode(baseline.data), baseline.reconstruction)
 
+
+
+def test_encoding_without_the_reconstruction_writes_the_same_bytes(codecs, encoded):
+    """The encoder node and ``Codec.encode`` skip the synthesis pass; the bitstream must not change."""
+    frame, image, scan, calib = encoded["kitti_object", "hyper-pc"]
+    sent = codecs["hyper-pc"].encode_frame(image, scan, calib, reconstruct=False)
+    assert sent.reconstruction is None
+    assert sent.data == frame.data == codecs["hyper-pc"].encode(image, scan, calib)
+
+
+def test_decoder_refuses_frames_larger_than_it_accepts_before_decoding(encoded):
+    frame, image, scan, calib = encoded["kitti_object", "hyper"]
+    height, width = image.shape[:2]
+    assert Codec("hyper", 4, device="cpu", max_decode_pixels=height * width).decode(frame.data).shape == image.shape
+    # A forged header asks for the format's largest image: refused from the header alone.
+    header, strings = unpack(frame.data)
+    forged = dataclasses.replace(header, height=2160, width=3840, padded_height=2176, padded_width=3840)
+    small = Codec("hyper", 4, device="cpu", max_decode_pixels=1920 * 1280)
+    with pytest.raises(BitstreamError, match="larger than this decoder accepts"):
+        small.decode(pack(forged, strings))
+    with pytest.raises(BitstreamError, match="larger than this decoder accepts"):
+        Codec("hyper", 4, device="cpu", max_decode_pixels=height * width - 1).decode(frame.data)
+    with pytest.raises(ValueError, match="max_decode_pixels"):
+        Codec("hyper", 4, device="cpu", max_decode_pixels=0)
 
 def test_decoder_with_another_scan_or_calibration_refuses(codecs, encoded):
     frame, _, scan, calib = encoded["kitti_object", "hyper-pc"]

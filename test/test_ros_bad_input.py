@@ -1,5 +1,7 @@
 """Bad input on the running nodes: each cause is counted, the nodes survive, frames still flow."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from pcic_ros.msg import CompressedFrame
@@ -8,6 +10,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from test_ros_nodes import FRAME_PERIOD_NS, START_NS, kitti_frames, offline_calibration
 
+from pcic_ros.bitstream import pack, unpack
 from pcic_ros.codec import Codec
 from pcic_ros.ros_conversions import ns_to_stamp, points_to_pointcloud2, stamp_to_ns
 
@@ -38,7 +41,7 @@ def test_bad_inputs_are_counted_and_never_stop_the_nodes(tmp_path):
         env,
         tmp_path,
         {"model": "hyper-pc", "quality": 1, "device": "cpu", "scan_timeout": 0.3},
-        {"device": "cpu", "scan_timeout": 1.0},
+        {"device": "cpu", "scan_timeout": 1.0, "max_image_pixels": width * height, "problem_log_period": 0.0},
     )
     bench = RosBench(63)
     stamp = iter(range(START_NS, START_NS + 100 * FRAME_PERIOD_NS, FRAME_PERIOD_NS))
@@ -106,6 +109,12 @@ def test_bad_inputs_are_counted_and_never_stop_the_nodes(tmp_path):
 
         bench.compressed_pub.publish(CompressedFrame(header=Header(frame_id="camera"), data=b"not a pcic container"))
         assert decoder_count("corrupt_message", 1)
+        # A well-formed container whose header asks for a 4K decode: dropped from its header, undecoded.
+        header, strings = unpack(Codec("hyper", 1, device="cpu").encode(rgb, None, None))
+        huge = dataclasses.replace(header, height=2160, width=3840, padded_height=2176, padded_width=3840)
+        bench.compressed_pub.publish(CompressedFrame(header=Header(frame_id="camera"), codec="hyper", quality=1,
+                                                     width=3840, height=2160, data=pack(huge, strings)))  # fmt: skip
+        assert decoder_count("corrupt_message", 2)
         # A frame coded with a scan that never reaches the base station is dropped, not decoded.
         orphan = Codec("hyper-pc", 1, device="cpu").encode(rgb, scan, offline_calibration(projection, lidar_to_camera))
         orphan_stamp = next(stamp)
@@ -129,3 +138,4 @@ def test_bad_inputs_are_counted_and_never_stop_the_nodes(tmp_path):
     assert orphan_stamp not in decoded and {good, dropout, last} <= decoded
     encoder_log = processes[0].output()
     assert encoder_log.count("[scan_timeout,") == 1 and "mono16" in encoder_log
+    assert "3840 x 2160 exceeds max_image_pixels" in processes[1].output()
