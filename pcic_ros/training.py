@@ -56,6 +56,7 @@ from pcic_ros.training_data import (
     crop_calibration,
     default_cache_dir,
     prepare_cache,
+    run_standalone,
     split_by_sequence,
 )
 from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path, create_model, round_for_storage
@@ -523,12 +524,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``pcic train`` on its own (``python -m pcic_ros.training``), without the rest of the pcic command and
-    its ROS dependencies: for ``torchrun`` and for machines that only train."""
-    parser = argparse.ArgumentParser(prog="pcic")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    """``pcic train`` on its own (``python -m pcic_ros.training``), e.g. under ``torchrun``."""
+    return run_standalone("train", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -279,13 +279,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_prepare)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``pcic prepare`` on its own (``python -m pcic_ros.training_data``), without the rest of the pcic command and
-    its ROS dependencies: for ``torchrun`` and for machines that only train."""
+def run_standalone(command: str, add_command: Callable, argv: list[str] | None) -> int:
+    """``pcic COMMAND ARGV`` for a command that ``add_command`` registers, without the rest of the pcic
+    command and its ROS dependencies: for ``torchrun`` and for machines that only train."""
     parser = argparse.ArgumentParser(prog="pcic")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["prepare", *(sys.argv[1:] if argv is None else argv)])
+    add_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pcic prepare`` on its own (``python -m pcic_ros.training_data``)."""
+    return run_standalone("prepare", add_parser, argv)
 
 
 if __name__ == "__main__":

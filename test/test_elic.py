@@ -50,20 +50,92 @@ class Codecs(dict):
         return self[name]
 
 
+#: Which sides need the scan, (encoder, decoder), for each of the paper's ablations of the branch.
+ABLATION_SCAN_SIDES = {
+    "no-pip": (True, True),
+    "no-fg": (True, True),
+    "no-ff": (True, True),
+    "encoder-only": (True, False),
+    "decoder-only": (False, True),
+    "zeros": (False, False),
+}
+
+
+def assert_ablations_round_trip(codecs, family: str, image, scan, calib, extra: dict | None = None) -> None:
+    """Every ablation of ``family``-pc (and the ``extra`` models) round-trips bit-exactly, with the scan
+    given to the decoder only where the ablation uses it there."""
+    expectations = {f"{family}-pc-{ablation}": sides for ablation, sides in ABLATION_SCAN_SIDES.items()}
+    for name, (at_encoder, at_decoder) in (expectations | (extra or {})).items():
+        codec = codecs[name]
+        assert (codec.model.scan_at_encoder, codec.model.scan_at_decoder) == (at_encoder, at_decoder), name
+        frame = codec.encode_frame(image, scan, calib)
+        assert not read_header(frame.data).zeros_fallback
+        decoder_scan = (scan, calib) if at_decoder else (None, None)
+        np.testing.assert_array_equal(codec.decode(frame.data, *decoder_scan), frame.reconstruction, err_msg=name)
+
+
+def assert_decodes_in_a_fresh_process(frames: dict, decoder_model: str, crop: tuple[int, int], tmp_path) -> None:
+    """A new process with a ``Codec(decoder_model)`` decodes each layout's frame (of a ``crop_frame``
+    crop) to the encoder's reconstruction, building whatever model the headers name."""
+    paths = {}
+    for layout, frame in frames.items():
+        path = tmp_path / f"{layout}.pcic"
+        path.write_bytes(frame.data)
+        np.save(tmp_path / f"{layout}.npy", frame.reconstruction)
+        paths[str(path)] = layout
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np
+        sys.path.insert(0, {str(REPO / "test")!r})
+        from test_elic import crop_frame
+        from pcic_ros.codec import Codec
+        codec = Codec({decoder_model!r}, 4, device="cpu")
+        for path, layout in json.loads(sys.argv[1]).items():
+            _, scan, calib = crop_frame(layout, {crop[0]}, {crop[1]})
+            image = codec.decode(open(path, "rb").read(), scan, calib)
+            assert (image == np.load(path[:-5] + ".npy")).all(), path
+        print("decoded", len(json.loads(sys.argv[1])))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(paths)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"decoded {len(paths)}" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def codecs():
     return Codecs()
 
 
-@pytest.fixture(scope="module")
-def encoded(codecs):
-    """Every model on every layout's crop, encoded once."""
+def encode_layouts(codecs, models: tuple[str, ...], crop: tuple[int, int]) -> dict:
+    """Every model on every layout's crop, encoded once: (layout, model) -> (frame, image, scan, calib)."""
     out = {}
     for layout in LAYOUT_FRAMES:
-        image, scan, calib = crop_frame(layout)
-        for name in MODELS:
+        image, scan, calib = crop_frame(layout, *crop)
+        for name in models:
             out[layout, name] = (codecs[name].encode_frame(image, scan, calib), image, scan, calib)
     return out
+
+
+def assert_round_trip(codec: Codec, encoded_frame: tuple, padded: tuple[int, int]) -> list[bytes]:
+    """The frame decodes to the encoder's reconstruction and its header describes the crop; returns
+    the container's strings."""
+    frame, image, scan, calib = encoded_frame
+    decoded = codec.decode(frame.data, scan, calib)
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, frame.reconstruction)
+    header, strings = unpack(frame.data)
+    assert (header.model, header.height, header.width) == (codec.model_name, *image.shape[:2])
+    assert (header.padded_height, header.padded_width) == padded
+    return strings
+
+
+@pytest.fixture(scope="module")
+def encoded(codecs):
+    return encode_layouts(codecs, MODELS, CROP)
 
 
 def test_registry_has_elic_every_ablation_and_the_widened_baseline():
@@ -75,66 +147,19 @@ def test_registry_has_elic_every_ablation_and_the_widened_baseline():
 @pytest.mark.parametrize("layout", sorted(LAYOUT_FRAMES))
 @pytest.mark.parametrize("name", MODELS)
 def test_round_trip_is_bit_exact(codecs, encoded, layout, name):
-    frame, image, scan, calib = encoded[layout, name]
-    decoded = codecs[name].decode(frame.data, scan, calib)
-    assert decoded.shape == image.shape and decoded.dtype == np.uint8
-    np.testing.assert_array_equal(decoded, frame.reconstruction)
-    header, strings = unpack(frame.data)
-    assert (header.model, header.height, header.width) == (name, *CROP)
-    assert (header.padded_height, header.padded_width) == (128, 192)
+    strings = assert_round_trip(codecs[name], encoded[layout, name], padded=(128, 192))
     # Two checkerboard passes for each of the five channel groups, then z: all in the one container.
     assert len(strings) == codecs[name].model.num_strings == 11
 
 
 def test_elic_pc_decodes_in_a_fresh_process_to_the_encoders_reconstruction(encoded, tmp_path):
-    frames = {}
-    for layout in LAYOUT_FRAMES:
-        frame = encoded[layout, "elic-pc"][0]
-        path = tmp_path / f"{layout}.pcic"
-        path.write_bytes(frame.data)
-        np.save(tmp_path / f"{layout}.npy", frame.reconstruction)
-        frames[str(path)] = layout
-    script = textwrap.dedent(
-        f"""
-        import json, sys
-        import numpy as np
-        sys.path.insert(0, {str(REPO / "test")!r})
-        from test_elic import crop_frame
-        from pcic_ros.codec import Codec
-        codec = Codec("elic", 4, device="cpu")
-        for path, layout in json.loads(sys.argv[1]).items():
-            _, scan, calib = crop_frame(layout)
-            image = codec.decode(open(path, "rb").read(), scan, calib)
-            assert (image == np.load(path[:-5] + ".npy")).all(), path
-        print("decoded", len(json.loads(sys.argv[1])))
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(frames)], capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr
-    # The decoder was set up for plain ELIC: it built ELIC-PC from the headers alone.
-    assert f"decoded {len(frames)}" in result.stdout
+    # The decoder is set up for plain ELIC: it must build ELIC-PC from the headers alone.
+    assert_decodes_in_a_fresh_process({layout: encoded[layout, "elic-pc"][0] for layout in LAYOUT_FRAMES}, "elic",
+                                      CROP, tmp_path)  # fmt: skip
 
 
 def test_every_ablation_round_trips_with_the_scan_only_where_it_is_used(codecs):
-    image, scan, calib = crop_frame("kitti_object", 60, 100)
-    expectations = {
-        "elic-pc-no-pip": (True, True),
-        "elic-pc-no-fg": (True, True),
-        "elic-pc-no-ff": (True, True),
-        "elic-pc-encoder-only": (True, False),
-        "elic-pc-decoder-only": (False, True),
-        "elic-pc-zeros": (False, False),
-        "elic-pa": (False, False),
-    }
-    for name, (at_encoder, at_decoder) in expectations.items():
-        codec = codecs[name]
-        assert (codec.model.scan_at_encoder, codec.model.scan_at_decoder) == (at_encoder, at_decoder), name
-        frame = codec.encode_frame(image, scan, calib)
-        assert not read_header(frame.data).zeros_fallback
-        decoder_scan = (scan, calib) if at_decoder else (None, None)
-        np.testing.assert_array_equal(codec.decode(frame.data, *decoder_scan), frame.reconstruction, err_msg=name)
+    assert_ablations_round_trip(codecs, "elic", *crop_frame("kitti_object", 60, 100), extra={"elic-pa": (False, False)})
 
 
 def test_point_cloud_features_enter_the_transforms_at_their_own_scale():

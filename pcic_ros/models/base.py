@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from compressai.models import CompressionModel
-from torch import Tensor
+from torch import Tensor, nn
 
 from pcic_ros.fixed_point import compute_in_fixed_point
-from pcic_ros.pointcloud import PointCloudBranch, PointCloudConfig, PointCloudFeatures
+from pcic_ros.pointcloud import HyperRefiner, PointCloudBranch, PointCloudConfig, PointCloudFeatures
 
 __all__ = ["PointCloudCompressionModel", "LatentCodecModel"]
 
@@ -27,6 +27,21 @@ class PointCloudCompressionModel(CompressionModel):
         self.point_cloud = point_cloud
         # c_hyper decides the entropy coder's distributions: see pcic_ros.fixed_point.
         self.branch = compute_in_fixed_point(PointCloudBranch(point_cloud)) if point_cloud is not None else None
+
+    def transform_channels(self) -> tuple[int, int]:
+        """Channels of c1, c2, c3 that the analysis and the synthesis transform take (0 where FG is off)."""
+        pc = self.point_cloud
+        if pc is None:
+            return 0, 0
+        return (pc.channels if pc.fg_analysis else 0), (pc.channels if pc.fg_synthesis else 0)
+
+    def hyper_refiner(self, hyper_out: int, final: nn.Module | None = None) -> HyperRefiner | None:
+        """The Hyper Refiner over ``hyper_out`` channels of hyper-synthesis output (taking c_hyper when
+        FF is on), or None without a point-cloud branch."""
+        pc = self.point_cloud
+        if pc is None:
+            return None
+        return HyperRefiner(hyper_out, pc.hyper_channels if pc.ff else 0, final)
 
     @property
     def scan_at_encoder(self) -> bool:

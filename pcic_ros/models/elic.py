@@ -117,9 +117,7 @@ class Elic(LatentCodecModel):
         groups = list(groups) if groups is not None else elic_groups(M)
         if sum(groups) != M or min(groups) < 1:
             raise ValueError(f"channel groups {groups} must be positive and add up to M = {M}")
-        pc = point_cloud
-        ca = pc.channels if pc is not None and pc.fg_analysis else 0
-        cs = pc.channels if pc is not None and pc.fg_synthesis else 0
+        ca, cs = self.transform_channels()
         a1, a2, a3 = (0, 1, 2) if ca else (None, None, None)
 
         self.g_a = _conditioned(
@@ -197,7 +195,7 @@ class Elic(LatentCodecModel):
             for k, g in enumerate(groups)
         }
         # ELIC's side parameters are features for parameter aggregation, not scales: no final activation.
-        refiner = HyperRefiner(N * 2, pc.hyper_channels if pc.ff else 0) if pc is not None else None
+        refiner = self.hyper_refiner(N * 2)
         # Everything that computes means and scales: the same bits on every machine (pcic_ros.fixed_point).
         deciding = [h_s, *channel_context.values(), *([refiner] if refiner is not None else [])]
         for codec in group_codecs.values():

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from pcic_ros.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import PointCloudCompressionModel
-from pcic_ros.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig, PointCloudFeatures
+from pcic_ros.pointcloud import ConditionedSequential, PointCloudConfig, PointCloudFeatures
 
 __all__ = ["ScaleHyperprior"]
 
@@ -27,11 +27,8 @@ class ScaleHyperprior(PointCloudCompressionModel):
 
     def __init__(self, N: int = 96, M: int = 144, point_cloud: PointCloudConfig | None = None) -> None:
         super().__init__(point_cloud)
-        pc = point_cloud
-        c = pc.channels if pc is not None else 0
-        fg_a = pc is not None and pc.fg_analysis
-        fg_s = pc is not None and pc.fg_synthesis
-        ca, cs = (c if fg_a else 0), (c if fg_s else 0)
+        ca, cs = self.transform_channels()
+        fg_a, fg_s = ca > 0, cs > 0
 
         self.g_a = ConditionedSequential(
             [conv(3 + ca, N), GDN(N), conv(N + ca, N), GDN(N), conv(N + ca, N), GDN(N), conv(N, M)],
@@ -80,9 +77,7 @@ class ScaleHyperprior(PointCloudCompressionModel):
             conv(N, M, stride=1, kernel_size=3),
             nn.ReLU(inplace=True),
         )
-        self.refiner = (
-            HyperRefiner(M, pc.hyper_channels if pc.ff else 0, final=nn.ReLU(inplace=True)) if pc is not None else None
-        )
+        self.refiner = self.hyper_refiner(M, final=nn.ReLU(inplace=True))
         # The scales pick the CDF tables: the same bits on every machine (pcic_ros.fixed_point).
         compute_in_fixed_point(self.h_s)
         if self.refiner is not None:

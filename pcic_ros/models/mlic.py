@@ -261,9 +261,7 @@ class Mlic(LatentCodecModel):
             raise ValueError(f"{slices} slices do not divide M = {M}")
         if 2 * slices + 1 > MAX_STRINGS:
             raise ValueError(f"{slices} slices need {2 * slices + 1} strings; a container holds {MAX_STRINGS}")
-        pc = point_cloud
-        ca = pc.channels if pc is not None and pc.fg_analysis else 0
-        cs = pc.channels if pc is not None and pc.fg_synthesis else 0
+        ca, cs = self.transform_channels()
         a1, a2, a3 = (0, 1, 2) if ca else (None, None, None)
 
         self.g_a = _conditioned(
@@ -319,7 +317,7 @@ class Mlic(LatentCodecModel):
             conv3x3(M, side_channels),
         )
         # The side parameters are features for parameter aggregation, not scales: no final activation.
-        refiner = HyperRefiner(side_channels, pc.hyper_channels if pc.ff else 0) if pc is not None else None
+        refiner = self.hyper_refiner(side_channels)
         entropy_model = MultiReferenceLatentCodec(slices, M // slices, side_channels, heads)
         # Everything that computes means and scales: the same bits on every machine (pcic_ros.fixed_point).
         deciding = [h_s, *([refiner] if refiner is not None else [])]
