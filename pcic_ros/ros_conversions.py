@@ -6,6 +6,8 @@ running ROS graph.
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
@@ -69,8 +71,9 @@ def ns_to_stamp(nanoseconds: int) -> Time:
     return Time(sec=seconds, nanosec=nanos)
 
 
-def _rows(data: bytes, height: int, row_bytes: int, step: int, what: str) -> np.ndarray:
-    """The height x row_bytes payload of a row-major buffer whose rows are step bytes apart."""
+def _rows(data: bytes | array.array, height: int, row_bytes: int, step: int, what: str) -> np.ndarray:
+    """The height x row_bytes payload of a row-major buffer whose rows are step bytes apart, as a view
+    of it: rclpy hands message data over as an ``array.array``, read in place rather than copied."""
     if step < row_bytes:
         raise ConversionError(f"{what}: step {step} is shorter than a row of {row_bytes} bytes")
     if len(data) < height * step - (step - row_bytes):
@@ -92,7 +95,7 @@ def image_to_rgb(msg: Image) -> np.ndarray:
         )
     order, channels = _COLOUR_ENCODINGS[encoding]
     height, width = int(msg.height), int(msg.width)
-    rows = _rows(bytes(msg.data), height, width * channels, int(msg.step), "image")
+    rows = _rows(msg.data, height, width * channels, int(msg.step), "image")
     pixels = rows.reshape(height, width, channels)
     return np.ascontiguousarray(pixels[:, :, list(order)])
 
@@ -138,7 +141,7 @@ def pointcloud2_fields(msg: PointCloud2) -> np.ndarray:
     except ValueError as error:
         raise ConversionError(f"point fields do not fit a point of {point_step} bytes: {error}") from None
     height, width = int(msg.height), int(msg.width)
-    rows = _rows(bytes(msg.data), height, width * point_step, int(msg.row_step), "point cloud")
+    rows = _rows(msg.data, height, width * point_step, int(msg.row_step), "point cloud")
     points = np.ascontiguousarray(rows).view(dtype).reshape(-1)
     return points.astype(dtype.newbyteorder("="), copy=False) if msg.is_bigendian else points
 

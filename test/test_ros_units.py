@@ -72,6 +72,20 @@ def test_pointcloud2_round_trips_float32_points_exactly():
     np.testing.assert_array_equal(back, points[:, :3].astype(np.float64))
 
 
+
+def test_converted_arrays_do_not_change_with_the_message_they_were_read_from():
+    """The conversions read rclpy's message buffers in place; what they return must not alias them."""
+    rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image_msg = rgb_to_image(rgb, Header())
+    points = RNG.normal(size=(20, 4)).astype(np.float32)
+    cloud_msg = points_to_pointcloud2(points, Header())
+    converted_rgb, converted_points = image_to_rgb(image_msg), pointcloud2_to_points(cloud_msg)
+    for msg in (image_msg, cloud_msg):
+        for index in range(len(msg.data)):
+            msg.data[index] ^= 0xFF
+    np.testing.assert_array_equal(converted_rgb, rgb)
+    np.testing.assert_array_equal(converted_points, points[:, :3].astype(np.float64))
+
 def test_pointcloud2_with_any_layout_padding_and_endianness():
     xyz = RNG.normal(size=(2, 3, 3))
     # Organised 2 x 3 cloud, big-endian, fields out of order and of mixed types, padded points and rows.
