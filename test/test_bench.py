@@ -1,6 +1,7 @@
 """bench/bench_codecs.py runs in-process on one small frame and prints a row for every codec asked for."""
 
 import importlib
+import json
 
 import torch
 from conftest import DATA, REPO
@@ -48,3 +49,18 @@ def test_the_codec_bench_prints_every_requested_codec_with_every_column(capsys, 
         assert float(model[title]) > 0, title
     assert jpeg["enc/JPEG"] == jpeg["dec/JPEG"] == "1.00"
     assert jpeg["params M"] == jpeg["PC ms"] == "-"
+
+
+def test_the_determinism_bench_decodes_in_another_process_with_another_thread_count(capsys, monkeypatch, tmp_path):
+    """bench/determinism.py: encode with 2 threads, decode with 1 in another process; the fixed-point
+    entropy path keeps the frame intact (exact, or within the synthesis' rounding)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    bench = importlib.import_module("determinism")
+    output_path = tmp_path / "outcomes.json"
+    arguments = ["--data-dir", str(DATA), "--models", "hyper", "--frames", "1", "--output", str(output_path)]
+    assert bench.main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "entropy path: fixed point; encode cpu x2 threads, decode cpu x1 threads" in printed
+    (frame,) = json.loads(output_path.read_text())["frames"].values()
+    assert frame["outcome"] in ("exact", "drift") and frame["max_abs_diff"] <= 1
+    assert frame["bytes"] > 1000
