@@ -129,9 +129,16 @@ def _magnitude(values: Tensor) -> float:
     return max(-float(low), float(high))
 
 
-def _checked(values: Tensor) -> Tensor:
-    if _magnitude(values) >= _EXACT_LIMIT:
+def _exact_magnitude(values: Tensor) -> float:
+    """max |values|, raising FixedPointError when it is past exact float64 integers."""
+    largest = _magnitude(values)
+    if largest >= _EXACT_LIMIT:
         raise FixedPointError("a fixed-point value outgrew exact float64 integers (|x| >= 2**52)")
+    return largest
+
+
+def _checked(values: Tensor) -> Tensor:
+    _exact_magnitude(values)
     return values
 
 
@@ -253,9 +260,7 @@ class _FixedPointMode(TorchFunctionMode):
 
     def _requantize(self, sums: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
         """round(sums * scale) + bias, in place on ``sums`` (a fresh convolution output)."""
-        largest_sum = _magnitude(sums)
-        if largest_sum >= _EXACT_LIMIT:
-            raise FixedPointError("a fixed-point value outgrew exact float64 integers (|x| >= 2**52)")
+        largest_sum = _exact_magnitude(sums)
         out = sums.mul_(scale).round_()
         if bias is not None:
             fixed_bias = self._bias(bias)
