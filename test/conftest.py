@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +48,57 @@ def load_layout_frame(layout: str):
 @pytest.fixture(scope="session", params=sorted(LAYOUT_FRAMES))
 def layout_frame(request):
     return (request.param, *load_layout_frame(request.param))
+
+
+def crop_frame(layout: str, height: int, width: int, top: int | None = None, left: int | None = None):
+    """(image, scan, calibration) of a height x width crop of the layout's frame, by default at the
+    bottom centre, where the LiDAR has points; cropping moves the principal point by the offset."""
+    from pcic_ros.projection import Calibration
+
+    image, scan, calib = load_layout_frame(layout)
+    top = image.shape[0] - height - 30 if top is None else top
+    left = image.shape[1] // 2 - width // 2 if left is None else left
+    shift = np.array([[1.0, 0, -left], [0, 1.0, -top], [0, 0, 1.0]])
+    cropped = Calibration(shift @ calib.projection, calib.rectification, calib.lidar_to_camera)
+    return image[top : top + height, left : left + width].copy(), scan, cropped
+
+
+class Codecs(dict):
+    """One Codec per registered model at one quality, built on first use and shared by the tests
+    (building is slow)."""
+
+    def __init__(self, quality: int = 4) -> None:
+        super().__init__()
+        self.quality = quality
+
+    def __missing__(self, name: str):
+        from pcic_ros.codec import Codec
+
+        self[name] = Codec(name, quality=self.quality, device="cpu")
+        return self[name]
+
+
+#: Which sides need the scan, (encoder, decoder), for each of the paper's ablations of the branch.
+ABLATION_SCAN_SIDES = {
+    "no-pip": (True, True),
+    "no-fg": (True, True),
+    "no-ff": (True, True),
+    "encoder-only": (True, False),
+    "decoder-only": (False, True),
+    "zeros": (False, False),
+}
+
+
+def assert_ablations_round_trip(codecs: Codecs, family: str, image, scan, calib, extra: dict | None = None) -> None:
+    """Every ablation of ``family``-pc (and the ``extra`` models) round-trips bit-exactly, with the scan
+    given to the decoder only where the ablation uses it there."""
+    from pcic_ros.bitstream import read_header
+
+    expectations = {f"{family}-pc-{ablation}": sides for ablation, sides in ABLATION_SCAN_SIDES.items()}
+    for name, (at_encoder, at_decoder) in (expectations | (extra or {})).items():
+        codec = codecs[name]
+        assert (codec.model.scan_at_encoder, codec.model.scan_at_decoder) == (at_encoder, at_decoder), name
+        frame = codec.encode_frame(image, scan, calib)
+        assert not read_header(frame.data).zeros_fallback
+        decoder_scan = (scan, calib) if at_decoder else (None, None)
+        np.testing.assert_array_equal(codec.decode(frame.data, *decoder_scan), frame.reconstruction, err_msg=name)

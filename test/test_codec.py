@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import LAYOUT_FRAMES, REPO, load_layout_frame
+from conftest import LAYOUT_FRAMES, REPO, Codecs, assert_ablations_round_trip, crop_frame, load_layout_frame
 
 from pcic_ros.bitstream import BitstreamError, FrameHeader, ScanMismatchError, pack, read_header, unpack
 from pcic_ros.codec import Codec, ScanError
@@ -181,26 +181,9 @@ def test_bad_encoder_inputs_raise_clear_errors(codecs):
 
 
 def test_every_ablation_model_round_trips_and_uses_the_scan_where_it_should():
-    image, scan, calib = load_layout_frame("kitti_object")
-    # A 192 x 128 crop where the LiDAR has points; cropping moves the principal point by the offset.
-    top, left = 200, 500
-    image = image[top : top + 128, left : left + 192].copy()
-    shift = np.array([[1.0, 0, -left], [0, 1.0, -top], [0, 0, 1.0]])
-    calib = Calibration(shift @ calib.projection, calib.rectification, calib.lidar_to_camera)
-    expectations = {
-        "hyper-pc-no-pip": (True, True),
-        "hyper-pc-no-fg": (True, True),
-        "hyper-pc-no-ff": (True, True),
-        "hyper-pc-encoder-only": (True, False),
-        "hyper-pc-decoder-only": (False, True),
-        "hyper-pc-zeros": (False, False),
-    }
-    for name, (at_encoder, at_decoder) in expectations.items():
-        codec = Codec(name, 1, device="cpu")
-        assert (codec.model.scan_at_encoder, codec.model.scan_at_decoder) == (at_encoder, at_decoder), name
-        frame = codec.encode_frame(image, scan, calib)
-        decoder_scan = (scan, calib) if at_decoder else (None, None)
-        np.testing.assert_array_equal(codec.decode(frame.data, *decoder_scan), frame.reconstruction, err_msg=name)
+    # A 192 x 128 crop where the LiDAR has points.
+    image, scan, calib = crop_frame("kitti_object", 128, 192, top=200, left=500)
+    assert_ablations_round_trip(Codecs(quality=1), "hyper", image, scan, calib)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -11,27 +11,16 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import LAYOUT_FRAMES, REPO, load_layout_frame
+from conftest import LAYOUT_FRAMES, REPO, Codecs, assert_ablations_round_trip, crop_frame, load_layout_frame
 
-from pcic_ros.bitstream import read_header, unpack
+from pcic_ros.bitstream import unpack
 from pcic_ros.codec import Codec
 from pcic_ros.pointcloud import ABLATIONS, PointCloudConfig
-from pcic_ros.projection import Calibration
 from pcic_ros.zoo import create_model, model_names
 
 MODELS = ("elic", "elic-pc")
 #: Crop size: neither side a multiple of 64, so every round trip also exercises padding.
 CROP = (100, 180)
-
-
-def crop_frame(layout: str, height: int = CROP[0], width: int = CROP[1]):
-    """(image, scan, calibration) of a crop at the bottom centre of the layout's frame, where the LiDAR
-    has points; cropping moves the principal point by the offset."""
-    image, scan, calib = load_layout_frame(layout)
-    top, left = image.shape[0] - height - 30, image.shape[1] // 2 - width // 2
-    shift = np.array([[1.0, 0, -left], [0, 1.0, -top], [0, 0, 1.0]])
-    cropped = Calibration(shift @ calib.projection, calib.rectification, calib.lidar_to_camera)
-    return image[top : top + height, left : left + width].copy(), scan, cropped
 
 
 def parameter_count(model: torch.nn.Module) -> int:
@@ -40,38 +29,6 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in module.state_dict().items()}
-
-
-class Codecs(dict):
-    """One Codec per registered model, built on first use and shared by the tests (building is slow)."""
-
-    def __missing__(self, name: str) -> Codec:
-        self[name] = Codec(name, quality=4, device="cpu")
-        return self[name]
-
-
-#: Which sides need the scan, (encoder, decoder), for each of the paper's ablations of the branch.
-ABLATION_SCAN_SIDES = {
-    "no-pip": (True, True),
-    "no-fg": (True, True),
-    "no-ff": (True, True),
-    "encoder-only": (True, False),
-    "decoder-only": (False, True),
-    "zeros": (False, False),
-}
-
-
-def assert_ablations_round_trip(codecs, family: str, image, scan, calib, extra: dict | None = None) -> None:
-    """Every ablation of ``family``-pc (and the ``extra`` models) round-trips bit-exactly, with the scan
-    given to the decoder only where the ablation uses it there."""
-    expectations = {f"{family}-pc-{ablation}": sides for ablation, sides in ABLATION_SCAN_SIDES.items()}
-    for name, (at_encoder, at_decoder) in (expectations | (extra or {})).items():
-        codec = codecs[name]
-        assert (codec.model.scan_at_encoder, codec.model.scan_at_decoder) == (at_encoder, at_decoder), name
-        frame = codec.encode_frame(image, scan, calib)
-        assert not read_header(frame.data).zeros_fallback
-        decoder_scan = (scan, calib) if at_decoder else (None, None)
-        np.testing.assert_array_equal(codec.decode(frame.data, *decoder_scan), frame.reconstruction, err_msg=name)
 
 
 def assert_decodes_in_a_fresh_process(frames: dict, decoder_model: str, crop: tuple[int, int], tmp_path) -> None:
@@ -88,7 +45,7 @@ def assert_decodes_in_a_fresh_process(frames: dict, decoder_model: str, crop: tu
         import json, sys
         import numpy as np
         sys.path.insert(0, {str(REPO / "test")!r})
-        from test_elic import crop_frame
+        from conftest import crop_frame
         from pcic_ros.codec import Codec
         codec = Codec({decoder_model!r}, 4, device="cpu")
         for path, layout in json.loads(sys.argv[1]).items():

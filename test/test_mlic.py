@@ -7,17 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import LAYOUT_FRAMES, load_layout_frame
-from test_elic import (
-    Codecs,
-    assert_ablations_round_trip,
-    assert_decodes_in_a_fresh_process,
-    assert_round_trip,
-    crop_frame,
-    encode_layouts,
-    parameter_count,
-    shapes,
-)
+from conftest import LAYOUT_FRAMES, Codecs, assert_ablations_round_trip, crop_frame, load_layout_frame
+from test_elic import assert_decodes_in_a_fresh_process, assert_round_trip, encode_layouts, parameter_count, shapes
 
 from pcic_ros.codec import Codec
 from pcic_ros.models import Elic
