@@ -119,9 +119,11 @@ def test_every_ablation_round_trips_with_the_scan_only_where_it_is_used(codecs):
     assert_ablations_round_trip(codecs, "elic", *crop_frame("kitti_object", 60, 100), extra={"elic-pa": (False, False)})
 
 
-def test_point_cloud_features_enter_the_transforms_at_their_own_scale():
-    model = create_model("elic-pc", pretrained=False)
-    x, c_proj = torch.rand(1, 3, 64, 128), torch.rand(1, 1, 64, 128)
+def assert_features_enter_the_transforms_at_their_own_scale(name: str, height: int, width: int):
+    """Each c_k (at H / 2^(k-1)) is concatenated once in the analysis and once in the synthesis;
+    returns the model's point-cloud features for further checks."""
+    model = create_model(name, pretrained=False)
+    x, c_proj = torch.rand(1, 3, height, width), torch.rand(1, 1, height, width)
     features = model.training_features(c_proj)
     seen = []
     for transform in (model.g_a, model.g_s):
@@ -130,8 +132,13 @@ def test_point_cloud_features_enter_the_transforms_at_their_own_scale():
                 layer.register_forward_pre_hook(lambda _, args, slot=slot: seen.append((slot, args[0].shape[-2:])))
     with torch.no_grad():
         model.g_s(model.g_a(x, features), features)
-    # c_k lives at H / 2^(k-1): each is concatenated once in the analysis and once in the synthesis.
-    assert sorted(seen) == sorted(2 * [(0, (64, 128)), (1, (32, 64)), (2, (16, 32))])
+    scales = [(k, (height >> k, width >> k)) for k in range(3)]
+    assert sorted(seen) == sorted(2 * scales)
+    return features
+
+
+def test_point_cloud_features_enter_the_transforms_at_their_own_scale():
+    features = assert_features_enter_the_transforms_at_their_own_scale("elic-pc", 64, 128)
     assert features.c_hyper.shape[-2:] == (4, 8)
 
 

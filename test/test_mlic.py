@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import LAYOUT_FRAMES, Codecs, assert_ablations_round_trip, crop_frame, load_layout_frame
-from test_elic import assert_decodes_in_a_fresh_process, assert_round_trip, encode_layouts, parameter_count, shapes
+from test_elic import (
+    assert_decodes_in_a_fresh_process,
+    assert_features_enter_the_transforms_at_their_own_scale,
+    assert_round_trip,
+    encode_layouts,
+    parameter_count,
+    shapes,
+)
 
 from pcic_ros.codec import Codec
 from pcic_ros.models import Elic
@@ -145,18 +152,7 @@ def test_parameter_counts(codecs):
 
 
 def test_point_cloud_features_enter_the_transforms_at_their_own_scale():
-    model = create_model("mlic-pc", pretrained=False)
-    x, c_proj = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
-    features = model.training_features(c_proj)
-    seen = []
-    for transform in (model.g_a, model.g_s):
-        for layer, slot in zip(transform.layers, transform.slots, strict=True):
-            if slot is not None:
-                layer.register_forward_pre_hook(lambda _, args, slot=slot: seen.append((slot, args[0].shape[-2:])))
-    with torch.no_grad():
-        model.g_s(model.g_a(x, features), features)
-    # c_k lives at H / 2^(k-1): each is concatenated once in the analysis and once in the synthesis.
-    assert sorted(seen) == sorted(2 * [(0, (64, 64)), (1, (32, 32)), (2, (16, 16))])
+    assert_features_enter_the_transforms_at_their_own_scale("mlic-pc", 64, 64)
 
 
 def test_training_forward_reaches_every_reference():
