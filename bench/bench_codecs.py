@@ -20,7 +20,6 @@ machine and its load.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import math
 import os
@@ -43,6 +42,7 @@ from tqdm import tqdm
 from pcic_ros.anchors import ANCHORS, available_anchors
 from pcic_ros.codec import Codec, depth_input
 from pcic_ros.datasets import Frame, discover_frames
+from pcic_ros.memory import return_freed_memory
 from pcic_ros.metrics import bits_per_pixel, psnr
 from pcic_ros.projection import Calibration, equalize_depth, project_points
 from pcic_ros.zoo import QUALITY_LAMBDAS, checkpoint_path, model_names
@@ -144,14 +144,6 @@ def _read_status_kib(field_name: str) -> int:
     raise KeyError(field_name)
 
 
-def _release_free_heap() -> None:
-    """Hand memory that glibc keeps after frees back to the system, so that a later peak counts it again."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def peak_memory(device: torch.device, function: Callable[..., object], *args: object) -> tuple[object, float]:
     """What ``function(*args)`` returns, and the peak memory it added in MiB: CUDA memory allocated by
     torch on a GPU; on the CPU the growth of the process's peak resident set (Linux; NaN elsewhere)."""
@@ -163,7 +155,7 @@ def peak_memory(device: torch.device, function: Callable[..., object], *args: ob
         torch.cuda.synchronize(device)
         return result, (torch.cuda.max_memory_allocated(device) - base) / MIB
     gc.collect()
-    _release_free_heap()
+    return_freed_memory()
     try:
         # Writing 5 resets the kernel's high-water mark (VmHWM) to the current resident set.
         with open("/proc/self/clear_refs", "w") as clear_refs:

@@ -23,8 +23,10 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from pcic_ros.bitstream import MAX_PIXELS, BitstreamError, ScanMismatchError, read_header
 from pcic_ros.codec import Codec, default_device
+from pcic_ros.memory import return_freed_memory
 from pcic_ros.msg import CodecStatistics, CompressedFrame
 from pcic_ros.node_support import (
+    RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,
     ProblemReporter,
     StatisticsCollector,
@@ -68,6 +70,7 @@ class DecoderNode(Node):
             "asks for); set to the cameras' size",
         )
         stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
+        self._release_memory = declare(self, "release_memory", True, RELEASE_MEMORY_DESCRIPTION)
         log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
         input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the compressed frame and scan subscriptions")
         output_qos = qos_from_parameters(self, "output", "reliable", 5, "the decoded image publisher")
@@ -169,25 +172,30 @@ class DecoderNode(Node):
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            frame, points, calibration = job
-            data = bytes(frame.data)
-            started = time.perf_counter()
-            try:
-                header = read_header(data)
-                rgb = self._codec(header.model, header.quality).decode(data, points, calibration)
-            except ScanMismatchError as error:
-                self._stats.frames_failed += 1
-                self._problems.report("corrupt_message", f"frame dropped, not decodable with its scan: {error}")
-                continue
-            except (BitstreamError, ValueError) as error:
-                self._problems.report("corrupt_message", f"frame dropped: {error}")
-                continue
-            elapsed_ms = 1000.0 * (time.perf_counter() - started)
-            self._publisher.publish(rgb_to_image(rgb, frame.header))
-            self._stats.frames_out += 1
-            self._stats.frames_zeros_fallback += int(header.zeros_fallback)
-            self._stats.current_quality = header.quality
-            self._stats.record_frame(len(data), header.width * header.height, elapsed_ms)
+            self._decode(*job)
+            if self._release_memory:
+                # Between frames: what decoding freed goes back to the kernel instead of staying resident.
+                return_freed_memory()
+
+    def _decode(self, frame: CompressedFrame, points: np.ndarray | None, calibration: Calibration | None) -> None:
+        data = bytes(frame.data)
+        started = time.perf_counter()
+        try:
+            header = read_header(data)
+            rgb = self._codec(header.model, header.quality).decode(data, points, calibration)
+        except ScanMismatchError as error:
+            self._stats.frames_failed += 1
+            self._problems.report("corrupt_message", f"frame dropped, not decodable with its scan: {error}")
+            return
+        except (BitstreamError, ValueError) as error:
+            self._problems.report("corrupt_message", f"frame dropped: {error}")
+            return
+        elapsed_ms = 1000.0 * (time.perf_counter() - started)
+        self._publisher.publish(rgb_to_image(rgb, frame.header))
+        self._stats.frames_out += 1
+        self._stats.frames_zeros_fallback += int(header.zeros_fallback)
+        self._stats.current_quality = header.quality
+        self._stats.record_frame(len(data), header.width * header.height, elapsed_ms)
 
     def _publish_statistics(self) -> None:
         msg = self._stats.message(self, self._problems.counts, self._jobs.qsize(), self._stats_period, encoder=False)

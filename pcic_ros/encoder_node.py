@@ -22,8 +22,10 @@ from std_msgs.msg import Header
 
 from pcic_ros.bitstream import FORMAT_VERSION
 from pcic_ros.codec import Codec, ScanError, default_device
+from pcic_ros.memory import return_freed_memory
 from pcic_ros.msg import CodecStatistics, CompressedFrame
 from pcic_ros.node_support import (
+    RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,
     ProblemReporter,
     StatisticsCollector,
@@ -80,6 +82,7 @@ class EncoderNode(Node):
         burst = declare(self, "burst_seconds", 1.0, "seconds of target_bitrate that one burst may use")
         work_queue = declare(self, "work_queue_size", 2, "images waiting for the encoder; more drop the oldest")
         stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
+        self._release_memory = declare(self, "release_memory", True, RELEASE_MEMORY_DESCRIPTION)
         log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
         input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the camera and LiDAR subscriptions")
         output_qos = qos_from_parameters(self, "output", "best_effort", 5, "the compressed frame publisher")
@@ -222,6 +225,9 @@ class EncoderNode(Node):
             except Exception as error:  # A frame that fails to encode must not stop the worker.
                 self._stats.frames_failed += 1
                 self.get_logger().error(f"encoding failed: {error}", throttle_duration_sec=10.0)
+            if self._release_memory:
+                # Between frames: what encoding freed goes back to the kernel instead of staying resident.
+                return_freed_memory()
 
     def _encode(self, job: _Job) -> None:
         scan, calibration = job.scan, job.calibration
