@@ -1,7 +1,8 @@
-"""bench/bench_codecs.py runs in-process on one small frame and prints a row for every codec asked for."""
+"""The benches in bench/ run in-process on small inputs and print what they promise."""
 
 import importlib
 import json
+import os
 
 import torch
 from conftest import DATA, REPO
@@ -64,3 +65,16 @@ def test_the_determinism_bench_decodes_in_another_process_with_another_thread_co
     (frame,) = json.loads(output_path.read_text())["frames"].values()
     assert frame["outcome"] in ("exact", "drift") and frame["max_abs_diff"] <= 1
     assert frame["bytes"] > 1000
+
+
+def test_the_node_memory_bench_splits_all_of_a_process_resident_memory_by_mapping(monkeypatch):
+    """bench/bench_node_memory.py: the split by kind of mapping accounts for the whole resident set."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    monkeypatch.syspath_prepend(str(REPO / "test"))
+    bench = importlib.import_module("bench_node_memory")
+    pid = os.getpid()
+    held = bytearray(b"x" * (64 << 20))
+    split, total = bench.resident_by_kind(pid), bench.resident_mib(pid)
+    assert sorted(split) == sorted(bench.KINDS)
+    assert abs(sum(split.values()) - total) < 16, (split, total)
+    assert split["heap"] + split["thread heaps"] + split["other anonymous"] >= len(held) / 2**20
