@@ -1,7 +1,7 @@
 """The nodes under load and through a decoder crash, on loopback.
 
 Load: a 30 Hz camera and a 10 Hz LiDAR feed an encoder, in the shipped configuration, that codes a
-frame in one to several seconds on this CPU. Its queues must stay bounded (so memory stays flat), the
+frame in a fraction of a second to several seconds on this CPU. Its queues must stay bounded (so memory stays flat), the
 newest frames must win over a backlog, nothing may crash, and the statistics must account for every
 dropped frame.
 
@@ -48,16 +48,17 @@ LOAD_SECONDS = float(os.environ.get("PCIC_LOAD_SECONDS", "150"))
 #: and the decoder's scan cache (5 s of scans) filling up.
 WARM_UP_S = 30.0
 #: Resident memory is compared as the median of the one-second samples of a window at either end: one
-#: sample swings by up to ~200 MB with the tensors of the frame being coded and what glibc's per-thread
-#: arenas keep of freed buffers.
+#: sample swings by up to ~200 MB with the tensors of the frame being coded.
 WINDOW_S = 30.0
-#: Largest growth of that median from after the warm-up to the end. It wandered by up to 63 MB within
-#: 150 s, and by up to 170 MB and back over 8-minute runs, while tracemalloc saw the Python heap stay at
-#: 10-17 MB: allocator noise. A queue without bound gains ~40 MB a second at 30 full-size images a
-#: second, and a leak of one 5.6 MB float tensor per coded frame passes the bound once 18 frames are
-#: coded between the two windows (half a minute on an idle machine).
+#: Largest growth of that median from after the warm-up to the end. With glibc's default malloc it crept
+#: by up to 157 MB within 150 s (freed buffers' holes left resident in its heaps, docs/ros.md "Memory");
+#: with the nodes' release_memory (shipped on) the medians stayed within 40 MB over 300 s. A queue
+#: without bound gains ~40 MB a second at 30 full-size images a second, and a leak of one 5.6 MB float
+#: tensor per coded frame passes the bound once 18 frames are coded between the two windows (half a
+#: minute on an idle machine).
 RSS_GROWTH_LIMIT = 100 * 2**20
-#: ``hyper`` at full KITTI size (1242 x 375): about 1.7 s a frame on this 2-core CPU when idle.
+#: ``hyper`` at full KITTI size (1242 x 375): 0.3 s a frame alone on an idle 2-core CPU, 0.7 s in this
+#: test there (1.5 Hz), 1.7 s and more on a busy one; always far slower than 30 Hz.
 LOAD_ENCODER = {"model": "hyper", "quality": 1, "min_quality": 1, "device": "cpu"}
 #: The frames the encoder lost to its work queue or pairing queue, and those it could not code.
 ENCODER_LOSSES = ("frames_dropped_queue", "frames_dropped_budget", "frames_failed", "bad_encoding")
