@@ -1,9 +1,9 @@
 """The nodes under load and through a decoder crash, on loopback.
 
 Load: a 30 Hz camera and a 10 Hz LiDAR feed an encoder, in the shipped configuration, that codes a
-frame in a fraction of a second to several seconds on this CPU. Its queues must stay bounded (so memory stays flat), the
-newest frames must win over a backlog, nothing may crash, and the statistics must account for every
-dropped frame.
+frame in a fraction of a second to several seconds on this CPU. Its queues must stay bounded (so
+memory stays flat), the newest frames must win over a backlog, nothing may crash, and the statistics
+must account for every dropped frame.
 
 Restart: the decoder is killed mid-stream and a new one started; it resumes with the next frame and
 the encoder carries on as if nothing happened.
