@@ -21,8 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 # The feeder and the node processes are the ROS tests' own harness, so the bench runs what they check.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
 from ros_harness import (  # noqa: E402
@@ -34,7 +32,15 @@ from ros_harness import (  # noqa: E402
     start_decoder,
     start_encoder,
 )
-from test_ros_load import BEST_EFFORT, CAMERA_HZ, DECODER_CONFIG, ENCODER_CONFIG, LOAD_ENCODER, SCAN_EVERY  # noqa: E402
+from test_ros_load import (  # noqa: E402
+    BEST_EFFORT,
+    CAMERA_HZ,
+    DECODER_CONFIG,
+    ENCODER_CONFIG,
+    LOAD_ENCODER,
+    SCAN_EVERY,
+    SHIPPED_ENCODER,
+)
 from test_ros_nodes import kitti_frames  # noqa: E402
 
 DOMAIN_ID = 91
@@ -44,13 +50,6 @@ KINDS = ("heap", "thread heaps", "other anonymous", "shared memory", "files")
 #: glibc reserves each per-thread heap as one 64 MiB mapping (HEAP_MAX_SIZE on 64-bit).
 THREAD_HEAP_BYTES = 64 << 20
 _MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
-
-
-def resident_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def resident_by_kind(pid: int) -> dict[str, float]:
@@ -90,7 +89,7 @@ def run_load(seconds: float, release_memory: bool, run_dir: Path) -> dict[str, d
 
     def sample(elapsed_s: float) -> None:
         for name, node in nodes.items():
-            samples[name]["resident"].append((elapsed_s, resident_mib(node.process.pid)))
+            samples[name]["resident"].append((elapsed_s, node.resident_bytes() / 2**20))
             if round(elapsed_s) % SPLIT_EVERY_S == 0:
                 samples[name]["split"].append((elapsed_s, resident_by_kind(node.process.pid)))
 
@@ -133,11 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.seconds < WINDOW_S:
         parser.error(f"--seconds must be at least {WINDOW_S}")
-    encoder_file = yaml.safe_load(ENCODER_CONFIG.read_text())["/**"]["ros__parameters"]
     print(
         f"Node memory under load: {LOAD_ENCODER['model']} q{LOAD_ENCODER['quality']} on the CPU, "
         f"{CAMERA_HZ:.0f} Hz images + {CAMERA_HZ / SCAN_EVERY:.0f} Hz scans for {args.seconds:.0f} s, "
-        f"encoder work queue {encoder_file['work_queue_size']} ({REPO.name}/config parameter files)"
+        f"encoder work queue {SHIPPED_ENCODER['work_queue_size']} ({REPO.name}/config parameter files)"
     )
     for setting in args.release_memory:
         with tempfile.TemporaryDirectory(prefix="pcic_ros_memory_") as run_dir:

@@ -11,7 +11,6 @@ import pytest
 # the first is freed glibc serves the rest from its heap, and freeing every other one leaves holes
 # that cannot shrink the heap from its top.
 FRAGMENTED_HEAP = """
-import sys
 from pcic_ros.memory import return_freed_memory
 
 def resident_mib():
