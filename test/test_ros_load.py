@@ -52,7 +52,7 @@ WARM_UP_S = 30.0
 WINDOW_S = 30.0
 #: Largest growth of that median from after the warm-up to the end. With glibc's default malloc it crept
 #: by up to 157 MB within 150 s (freed buffers' holes left resident in its heaps, docs/ros.md "Memory");
-#: with the nodes' release_memory (shipped on) the medians stayed within 40 MB over 300 s. A queue
+#: with the nodes' release_memory (shipped on) they rose by 41 MB at most over 300 s. A queue
 #: without bound gains ~40 MB a second at 30 full-size images a second, and a leak of one 5.6 MB float
 #: tensor per coded frame passes the bound once 18 frames are coded between the two windows (half a
 #: minute on an idle machine).
