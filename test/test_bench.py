@@ -2,7 +2,8 @@
 
 import importlib
 import json
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -70,14 +71,21 @@ def test_the_determinism_bench_decodes_in_another_process_with_another_thread_co
 
 def test_the_node_memory_bench_splits_all_of_a_process_resident_memory_by_mapping(monkeypatch):
     """bench/bench_node_memory.py: the split by kind of mapping accounts for the whole resident set, as
-    the kernel's own sum over the mappings (smaps_rollup) gives it."""
+    the kernel's own sum over the mappings (smaps_rollup) gives it. Measured on an idle child process:
+    this one has threads of earlier tests that may allocate between the two reads."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     monkeypatch.syspath_prepend(str(REPO / "test"))
     bench = importlib.import_module("bench_node_memory")
-    held = bytearray(b"x" * (64 << 20))
-    split = bench.resident_by_kind(os.getpid())
-    rollup = Path("/proc/self/smaps_rollup").read_text().splitlines()
+    holder = "import sys, time; held = bytearray(b'x' * (64 << 20)); print(flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()
+        split = bench.resident_by_kind(child.pid)
+        rollup = Path(f"/proc/{child.pid}/smaps_rollup").read_text().splitlines()
+    finally:
+        child.kill()
+        child.wait()
     total = next(int(line.split()[1]) for line in rollup if line.startswith("Rss:")) / 1024
     assert sorted(split) == sorted(bench.KINDS)
-    assert abs(sum(split.values()) - total) < 16, (split, total)
-    assert split["heap"] + split["thread heaps"] + split["other anonymous"] >= len(held) / 2**20
+    assert abs(sum(split.values()) - total) < 1, (split, total)
+    assert split["heap"] + split["thread heaps"] + split["other anonymous"] >= 64, split
