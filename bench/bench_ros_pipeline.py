@@ -80,9 +80,13 @@ class Feeder:
 
 def kitti_drive(data_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
     """(P_rect, T from LiDAR to the rectified camera, [(rgb, scan)] of `count` + 1 consecutive frames)."""
-    frames = discover_frames(data_dir)
-    drive = [frame for frame in frames if frame.layout == "kitti_raw" and frame.sequence == frames[0].sequence]
-    if frames[0].layout != "kitti_raw" or len(drive) < count + 1:
+    # The left colour camera of the longest KITTI raw drive: the one stream a vehicle's camera would send.
+    drives: dict[str, list] = {}
+    for frame in discover_frames(data_dir):
+        if frame.layout == "kitti_raw" and frame.camera == 2:
+            drives.setdefault(frame.sequence, []).append(frame)
+    drive = max(drives.values(), key=len, default=[])
+    if len(drive) < count + 1:
         raise ValueError(f"need a KITTI raw drive of at least {count + 1} frames below {data_dir}")
     calibration = drive[0].calibration()
     # The image is rectified, so the camera frame the CameraInfo's P projects from is the rectified one.

@@ -95,7 +95,12 @@ def _sensor_stamps(sensor_dir: Path, names: Sequence[str], grid: Sequence[int]) 
 def from_kitti(drive: str | Path, out: str | Path, max_frames: int | None = None, first_frame: int = 0) -> int:
     """Write a KITTI raw drive folder (``<date>/<drive>``) as a rosbag2 MCAP bag; returns the frame count."""
     drive = Path(drive)
-    frames = [f for f in discover_frames(drive.parent) if f.layout == "kitti_raw" and f.sequence == drive.name]
+    # The left colour camera (image_02), whose timestamps the bag's image stamps come from.
+    frames = [
+        f
+        for f in discover_frames(drive.parent)
+        if f.layout == "kitti_raw" and f.sequence == drive.name and f.camera == 2
+    ]
     frames = frames[first_frame:]
     if max_frames is not None:
         frames = frames[:max_frames]

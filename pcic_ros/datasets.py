@@ -3,7 +3,9 @@
 Three on-disk layouts are read (see ../shared/data/README.md); each works on the full downloads too:
 
 - KITTI raw: ``<root>/<date>/calib_cam_to_cam.txt``, ``calib_velo_to_cam.txt`` and
-  ``<date>/<drive>/image_02/data/*.png`` with ``velodyne_points/data/*.bin``.
+  ``<date>/<drive>/image_0X/data/*.png`` with ``velodyne_points/data/*.bin``. Both colour cameras
+  are read where a drive has them (``image_02`` projects with ``P_rect_02``, ``image_03`` with
+  ``P_rect_03``): each camera's image with the same scan is one frame.
 - KITTI 3D object: ``<root>/training/{image_2,velodyne,calib}`` (and ``testing``).
 - KITTI-360 frames converted to the object layout: read as KITTI object.
 
@@ -39,6 +41,8 @@ class Frame:
     image_path: Path
     scan_path: Path
     calibration_path: Path
+    #: The KITTI camera index (2: left colour, 3: right colour); picks P_rect_0X for KITTI raw.
+    camera: int = 2
 
     def image(self) -> np.ndarray:
         return load_image(self.image_path)
@@ -48,7 +52,7 @@ class Frame:
 
     def calibration(self) -> Calibration:
         if self.layout == "kitti_raw":
-            return Calibration.from_kitti_raw(self.calibration_path)
+            return Calibration.from_kitti_raw(self.calibration_path, camera=self.camera)
         return Calibration.from_kitti_object(self.calibration_path)
 
 
@@ -72,12 +76,17 @@ def load_scan(path: str | Path) -> np.ndarray:
     return raw.reshape(-1, 4)
 
 
+#: The colour cameras of a KITTI raw drive, in the order their frames are listed.
+KITTI_RAW_COLOUR_CAMERAS: tuple[int, ...] = (2, 3)
+
+
 def _kitti_raw_frames(date_dir: Path) -> Iterator[Frame]:
-    for drive in sorted(p for p in date_dir.iterdir() if (p / "image_02" / "data").is_dir()):
-        for image_path in sorted((drive / "image_02" / "data").glob("*.png")):
-            scan_path = drive / "velodyne_points" / "data" / f"{image_path.stem}.bin"
-            if scan_path.is_file():
-                yield Frame(image_path.stem, "kitti_raw", drive.name, image_path, scan_path, date_dir)
+    for drive in sorted(p for p in date_dir.iterdir() if p.is_dir()):
+        for camera in KITTI_RAW_COLOUR_CAMERAS:
+            for image_path in sorted((drive / f"image_0{camera}" / "data").glob("*.png")):
+                scan_path = drive / "velodyne_points" / "data" / f"{image_path.stem}.bin"
+                if scan_path.is_file():
+                    yield Frame(image_path.stem, "kitti_raw", drive.name, image_path, scan_path, date_dir, camera)
 
 
 def _kitti_object_frames(split_dir: Path, layout: str, sequence: str) -> Iterator[Frame]:

@@ -21,7 +21,8 @@ from pcic_ros.training_data import (
 )
 
 LAYOUT_DIRS = {"kitti_raw": "kitti_raw", "kitti_object": "kitti_object", "kitti360_object": "kitti360_object"}
-LAYOUT_COUNTS = {"kitti_raw": 78, "kitti_object": 27, "kitti360_object": 25}
+#: kitti_raw: one drive of 78 frames, two drives of 10 scans seen by both colour cameras.
+LAYOUT_COUNTS = {"kitti_raw": 78 + 2 * 10 * 2, "kitti_object": 27, "kitti360_object": 25}
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +65,33 @@ def test_default_split_holds_out_whole_sequences(frames):
     validation_sequences = {f.sequence for f in split.validation}
     assert not train_sequences & validation_sequences
     assert len(split.validation) == 27 and all("kitti_object" in f.image_path.as_posix() for f in split.validation)
-    assert len(split.train) == 78 + 25
+    assert len(split.train) == LAYOUT_COUNTS["kitti_raw"] + LAYOUT_COUNTS["kitti360_object"]
     assert split.part("all") == split.train + split.validation
 
 
 def test_split_patterns_name_sequences(frames):
-    drive = next(f.sequence for f in frames if f.layout == "kitti_raw")
-    split = split_by_sequence(frames, [drive])
-    assert {f.sequence for f in split.validation} == {drive}
-    assert len(split.validation) == 78
+    split = split_by_sequence(frames, ["2011_09_26_drive_0001_sync"])
+    assert {f.sequence for f in split.validation} == {"2011_09_26_drive_0001_sync"}
+    assert len(split.validation) == 10 * 2, "both cameras of the drive's 10 scans"
+    assert {f.camera for f in split.validation} == {2, 3}
+
+
+def test_kitti_raw_reads_both_colour_cameras_with_their_own_projection(frames):
+    drive = [f for f in frames if f.sequence == "2011_09_26_drive_0002_sync"]
+    left = {f.name: f for f in drive if f.camera == 2}
+    right = {f.name: f for f in drive if f.camera == 3}
+    assert len(left) == len(right) == 10 and left.keys() == right.keys()
+    name = sorted(left)[0]
+    assert right[name].image_path.parent.parent.name == "image_03"
+    assert right[name].scan_path == left[name].scan_path, "one scan, seen by both cameras"
+    left_calibration, right_calibration = left[name].calibration(), right[name].calibration()
+    np.testing.assert_array_equal(right_calibration.lidar_to_camera, left_calibration.lidar_to_camera)
+    # The stereo baseline: P_rect_03 differs from P_rect_02 in its translation column.
+    assert not np.array_equal(right_calibration.projection, left_calibration.projection)
+    for frame in (left[name], right[name]):
+        image = frame.image()
+        depth = project_points(frame.scan(), frame.calibration(), *image.shape[:2])
+        assert (depth > 0).sum() > 1000, f"the scan lands on camera {frame.camera}'s image"
 
 
 def test_cache_holds_the_equalised_projection_of_each_layout(cache, one_per_layout):
