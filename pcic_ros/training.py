@@ -47,6 +47,7 @@ from tqdm import tqdm
 from pcic_ros.datasets import DataError, discover_frames
 from pcic_ros.metrics import psnr
 from pcic_ros.models import PointCloudCompressionModel
+from pcic_ros.models.gain import QUALITY_RANGE, quality_lambda
 from pcic_ros.projection import equalize_depth, project_points
 from pcic_ros.training_data import (
     DEFAULT_VALIDATION_SEQUENCES,
@@ -59,7 +60,7 @@ from pcic_ros.training_data import (
     run_standalone,
     split_by_sequence,
 )
-from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path, create_model, round_for_storage
+from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path, create_model, round_for_storage, stored_state_dict
 
 __all__ = [
     "TrainConfig",
@@ -76,9 +77,13 @@ class TrainConfig:
     """Every hyperparameter of a run; ``config.yaml`` in the run folder is this, written out."""
 
     model: str = "hyper-pc"
+    #: The single-rate model's quality; a variable-rate model draws one per sample instead.
     quality: int = 4
-    #: lambda of eq. 14; None means QUALITY_LAMBDAS[quality].
+    #: lambda of eq. 14; None means QUALITY_LAMBDAS[quality] (single-rate models only).
     lmbda: float | None = None
+    #: Weights to start from (a run's model.pt or a shipped checkpoint; a single-rate one for a
+    #: variable-rate model, whose gain units then start as ``GainUnits`` documents), or None.
+    init_from: str | None = None
     data: str = "../shared/data"
     #: c_proj cache; None means beside the data (see ``pcic prepare``).
     cache: str | None = None
@@ -112,12 +117,18 @@ class TrainConfig:
             raise ValueError(f"unknown model '{self.model}'; registered: {', '.join(sorted(MODELS))}")
         if self.quality not in QUALITY_LAMBDAS:
             raise ValueError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {self.quality}")
+        if self.variable_rate and self.lmbda is not None:
+            raise ValueError(f"{self.model} draws lambda per sample over its quality range: lmbda must be null")
         for name in ("crop_size", "batch_size", "steps", "log_every", "validate_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         fractions = [float(until) for until, _ in self.alpha_schedule]
         if not fractions or fractions != sorted(fractions) or fractions[-1] < 1.0:
             raise ValueError("alpha_schedule must be [until_fraction, alpha] pairs in order, the last reaching 1.0")
+
+    @property
+    def variable_rate(self) -> bool:
+        return MODELS[self.model].variable_rate
 
     @property
     def lagrangian(self) -> float:
@@ -212,10 +223,11 @@ def export_checkpoint(model: PointCloudCompressionModel, path: str | Path, metad
 
 @torch.inference_mode()
 def code_image(
-    model: PointCloudCompressionModel, image: np.ndarray, equalized: np.ndarray | None
+    model: PointCloudCompressionModel, image: np.ndarray, equalized: np.ndarray | None, quality: float | None = None
 ) -> tuple[int, np.ndarray]:
     """Compress and decompress one H x W x 3 uint8 image through real bitstreams, padded as ``Codec``
-    pads; returns (bytes of the y and z strings, decoded image). The model must be ``update()``-d."""
+    pads; returns (bytes of the y and z strings, decoded image). The model must be ``update()``-d;
+    ``quality`` is for a variable-rate model."""
     device = next(model.parameters()).device
     height, width = image.shape[:2]
     factor = model.downsampling_factor
@@ -227,8 +239,9 @@ def code_image(
         c_proj = torch.zeros((1, 1, *padded), device=device)
         if equalized is not None:
             c_proj[0, 0, :height, :width] = torch.from_numpy(equalized).to(device).float().div_(255.0)
-    out = model.compress(x, c_proj)
-    x_hat = model.decompress(out["strings"], out["shape"], c_proj)["x_hat"]
+    rate = {"quality": quality} if quality is not None else {}
+    out = model.compress(x, c_proj, **rate)
+    x_hat = model.decompress(out["strings"], out["shape"], c_proj, **rate)["x_hat"]
     num_bytes = sum(len(string) for strings in out["strings"] for string in strings)
     pixels = x_hat[0, :, :height, :width].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return num_bytes, pixels.permute(1, 2, 0).cpu().numpy()
@@ -249,15 +262,45 @@ class _Validation:
             equalized = equalize_depth(project_points(frame.scan(), calibration, height, width), levels)
             self.items.append((np.ascontiguousarray(image[top : top + height, left : left + width]), equalized))
 
-    def run(self, model: PointCloudCompressionModel) -> dict[str, float]:
+    def run(self, model: PointCloudCompressionModel, qualities: Sequence[float | None] = (None,)) -> list[dict]:
+        """Mean bpp and PSNR of the frames at each quality (None: a single-rate model's own)."""
         model = copy.deepcopy(model).eval()
         model.update(force=True)
-        bpps, psnrs = [], []
-        for image, equalized in self.items:
-            num_bytes, decoded = code_image(model, image, equalized)
-            bpps.append(8.0 * num_bytes / (image.shape[0] * image.shape[1]))
-            psnrs.append(psnr(image, decoded))
-        return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
+        rows = []
+        for quality in qualities:
+            bpps, psnrs = [], []
+            for image, equalized in self.items:
+                num_bytes, decoded = code_image(model, image, equalized, quality)
+                bpps.append(8.0 * num_bytes / (image.shape[0] * image.shape[1]))
+                psnrs.append(psnr(image, decoded))
+            row = {} if quality is None else {"quality": quality}
+            rows.append({**row, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))})
+        return rows
+
+
+#: Where a variable-rate model is validated: every anchor of its gain units.
+VALIDATION_QUALITIES: tuple[float, ...] = tuple(
+    float(q) for q in range(int(QUALITY_RANGE[0]), int(QUALITY_RANGE[1]) + 1)
+)
+
+
+def rate_distortion_loss(out: dict, x: torch.Tensor, lmbda: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Eq. 14 without L_pre with one lambda per sample (B values): CompressAI's RateDistortionLoss takes
+    one lambda for the batch. bpp and MSE are per sample, then averaged, which for equal lambdas is
+    exactly RateDistortionLoss's value."""
+    pixels = x.shape[2] * x.shape[3]
+    bpp = sum(torch.log(likelihoods).flatten(1).sum(1) for likelihoods in out["likelihoods"].values())
+    bpp = bpp / (-math.log(2) * pixels)
+    mse = F.mse_loss(out["x_hat"], x, reduction="none").flatten(1).mean(1)
+    return {"loss": (bpp + lmbda * 255**2 * mse).mean(), "bpp_loss": bpp.mean(), "mse_loss": mse.mean()}
+
+
+def _sample_qualities(seed: int, step: int, rank: int, count: int) -> torch.Tensor:
+    """The qualities of step s's samples on a rank, uniform over QUALITY_RANGE: a function of (seed, s,
+    rank) only, like the quantisation noise, so that a resumed run draws what it would have drawn."""
+    generator = torch.Generator().manual_seed(_step_seed(seed + 1, step, rank))
+    low, high = QUALITY_RANGE
+    return low + (high - low) * torch.rand(count, generator=generator)
 
 
 def _append_csv(path: Path, row: dict[str, object]) -> None:
@@ -283,6 +326,42 @@ def _truncate_csv(path: Path, last_step: int) -> None:
         writer.writerows(row for row in rows if int(row["step"]) <= last_step)
 
 
+def _agree(flag: bool, world_size: int, device: torch.device) -> bool:
+    """True on every rank when it is true on any (the ranks' clocks differ; they must stop together)."""
+    if world_size == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+#: The buffers CompressAI's ``update()`` derives from the weights.
+_CODER_TABLES = frozenset({"_quantized_cdf", "_offset", "_cdf_length", "scale_table"})
+
+
+def _load_initial_weights(model: PointCloudCompressionModel, path: Path) -> None:
+    """Start from a checkpoint's weights; only parameters the checkpoint's model lacks (a variable-rate
+    model's gain units, started from a single-rate checkpoint) keep their initial values. The entropy
+    coder's tables are left out: they are rebuilt from the trained weights at every export."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = {
+        name: tensor
+        for name, tensor in stored_state_dict(state.get("state_dict", state)).items()
+        if name.rsplit(".", 1)[-1] not in _CODER_TABLES
+    }
+    # nn.Module's own loader: CompressAI's override resizes the tables and so needs them present.
+    try:
+        missing, unexpected = torch.nn.Module.load_state_dict(model, weights, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        raise ValueError(f"{path} does not fit {type(model).__name__}: {error}") from None
+    allowed = {name for name in missing if name.startswith("gain_units.") or name.rsplit(".", 1)[-1] in _CODER_TABLES}
+    if unexpected or set(missing) - allowed:
+        raise ValueError(
+            f"{path} does not fit {type(model).__name__}: missing {sorted(set(missing) - allowed)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, local rank, world size); initialises the process group when started by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -306,14 +385,18 @@ def train(
     install: bool = False,
     progress: bool = True,
     until: int | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, float]:
-    """Run (or, with ``resume``, continue) training as configured; returns the last validation result.
+    """Run (or, with ``resume``, continue) training as configured; returns the last validation result
+    (for a variable-rate model the mean over ``VALIDATION_QUALITIES``, and each under "by_quality").
 
     Rank 0 writes the run folder; every rank trains. ``until`` stops the run after that step with a
-    checkpoint, as a time-limited job would (schedules still follow ``config.steps``); ``resume``
-    continues from it. With ``install`` the exported model is also copied to
-    ``pcic_ros/checkpoints/<model>-q<quality>.pt``, where ``create_model`` finds it by name.
+    checkpoint (schedules still follow ``config.steps``); ``time_limit`` (seconds) stops it with a
+    checkpoint after the first step that ends past the limit, as a time-limited job needs; ``resume``
+    continues from either exactly. With ``install`` the exported model is also copied to where
+    ``create_model`` finds it by name (``zoo.checkpoint_path``).
     """
+    started = time.monotonic()
     stop = config.steps if until is None else min(until, config.steps)
     rank, local_rank, world_size = _distributed()
     if config.batch_size % world_size:
@@ -337,6 +420,8 @@ def train(
         dist.barrier()
 
     model = create_model(config.model, config.quality, pretrained=False, device=device).train()
+    if config.init_from and not resume:
+        _load_initial_weights(model, Path(config.init_from))
     levels = model.point_cloud.depth_levels if model.point_cloud is not None else 255
     optimizer, aux_optimizer = _optimizers(model, config)
     # Only the main optimiser's parameters are clipped: the quantiles' gradient is the auxiliary loss's.
@@ -386,9 +471,9 @@ def train(
         pin_memory=device.type == "cuda",
     )
     validation = _Validation(config, split.validation, levels) if rank == 0 and split.validation else None
-    criterion = RateDistortionLoss(lmbda=config.lagrangian)
+    criterion = None if config.variable_rate else RateDistortionLoss(lmbda=config.lagrangian)
     uses_scan = model.branch is not None
-    last_validation: dict[str, float] = {}
+    last_validation: dict = {}
 
     def save(step: int) -> None:
         state = {
@@ -401,16 +486,20 @@ def train(
         }
         torch.save(state, output / "last.pt.partial")
         (output / "last.pt.partial").replace(output / "last.pt")
-        export_checkpoint(
-            model, output / "model.pt", metadata={"model": config.model, "quality": config.quality, "steps": step}
-        )
+        quality = None if config.variable_rate else config.quality
+        metadata = {"model": config.model, "quality": quality, "steps": step}
+        export_checkpoint(model, output / "model.pt", metadata=metadata)
 
     def validate(step: int) -> None:
         nonlocal last_validation
         if validation is None:
             return
-        last_validation = validation.run(model)
-        _append_csv(output / "validation_log.csv", {"step": step, **last_validation})
+        rows = validation.run(model, VALIDATION_QUALITIES if config.variable_rate else (None,))
+        for row in rows:
+            _append_csv(output / "validation_log.csv", {"step": step, **row})
+        last_validation = {key: float(np.mean([row[key] for row in rows])) for key in ("bpp", "psnr")}
+        if config.variable_rate:
+            last_validation["by_quality"] = rows
 
     bar = tqdm(
         total=config.steps, initial=start, desc=f"{config.model} q{config.quality}", disable=rank != 0 or not progress
@@ -421,8 +510,13 @@ def train(
         torch.manual_seed(_step_seed(config.seed, step, rank))
         x = batch["image"].to(device, non_blocking=True)
         c_proj = batch["c_proj"].to(device, non_blocking=True) if uses_scan else None
-        out = network(x, c_proj)
-        terms = criterion(out, x)
+        if config.variable_rate:
+            qualities = _sample_qualities(config.seed, step, rank, x.shape[0]).to(device)
+            out = network(x, c_proj, qualities)
+            terms = rate_distortion_loss(out, x, quality_lambda(qualities))
+        else:
+            out = network(x, c_proj)
+            terms = criterion(out, x)
         alpha = alpha_at(config.alpha_schedule, step, config.steps)
         loss = terms["loss"]
         pre_loss = torch.zeros((), device=device)
@@ -468,8 +562,11 @@ def train(
             bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}")
         if rank == 0 and (done % config.validate_every == 0 or done == config.steps):
             validate(done)
-        if rank == 0 and (done % config.checkpoint_every == 0 or done == stop):
+        out_of_time = time_limit is not None and _agree(time.monotonic() - started > time_limit, world_size, device)
+        if rank == 0 and (done % config.checkpoint_every == 0 or done == stop or out_of_time):
             save(done)
+        if out_of_time:
+            break
     bar.close()
     if rank == 0 and install:
         shutil.copyfile(output / "model.pt", checkpoint_path(config.model, config.quality))
@@ -488,6 +585,7 @@ def _run(args: argparse.Namespace) -> int:
         "device": args.device,
         "output": args.output,
         "seed": args.seed,
+        "init_from": args.init_from,
     }
     if args.resume:
         config = TrainConfig.from_yaml(Path(args.resume) / "config.yaml", steps=args.steps, device=args.device)
@@ -496,7 +594,8 @@ def _run(args: argparse.Namespace) -> int:
         config = TrainConfig.from_yaml(args.config, **overrides)
     else:
         config = TrainConfig(**{key: value for key, value in overrides.items() if value is not None})
-    result = train(config, resume=bool(args.resume), install=args.install, until=args.until)
+    time_limit = None if args.time_limit is None else 60.0 * args.time_limit
+    result = train(config, resume=bool(args.resume), install=args.install, until=args.until, time_limit=time_limit)
     if result and int(os.environ.get("RANK", "0")) == 0:
         print(f"{config.output}: validation {result['bpp']:.4f} bpp, {result['psnr']:.2f} dB")
     if dist.is_initialized():
@@ -518,6 +617,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, help="overrides the config (with --resume: extend the run)")
     parser.add_argument("--device", help="overrides the config")
     parser.add_argument("--until", type=int, metavar="STEP", help="stop after STEP with a checkpoint (resume later)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="stop with a checkpoint once this much time has passed (resume later with --resume)",
+    )
+    parser.add_argument("--init-from", metavar="CHECKPOINT", help="start from these weights; overrides the config")
     parser.add_argument("--output", help="run folder; overrides the config")
     parser.add_argument("--seed", type=int, help="overrides the config")
     parser.set_defaults(func=_run)

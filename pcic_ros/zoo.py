@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pcic_ros.models import Elic, Mlic, PointCloudCompressionModel, ScaleHyperprior
+from pcic_ros.models.gain import check_quality
 from pcic_ros.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
 
 __all__ = [
@@ -49,6 +50,11 @@ class ModelSpec:
     def build(self) -> PointCloudCompressionModel:
         return self.factory(**self.kwargs)
 
+    @property
+    def variable_rate(self) -> bool:
+        """One network for the whole QUALITY_RANGE (gain units), with one checkpoint for all qualities."""
+        return bool(self.kwargs.get("variable_rate", False))
+
 
 MODELS: dict[str, ModelSpec] = {}
 
@@ -76,6 +82,10 @@ def _register_with_point_cloud(base: str, factory: Callable[..., PointCloudCompr
 
 register_model(ModelSpec("hyper", ScaleHyperprior, {}, "Balle 2018 scale hyperprior (HYPER)"))
 _register_with_point_cloud("hyper", ScaleHyperprior, "HYPER")
+# The variable-rate HYPER under training (docs/training.md): post-trained from the shipped HYPER q3.
+register_model(
+    ModelSpec("hyper-vr", ScaleHyperprior, {"variable_rate": True}, "HYPER with gain units: any quality in 0..5")
+)
 register_model(ModelSpec("elic", Elic, {}, "He 2022 ELIC: uneven channel groups, checkerboard context (ELIC)"))
 _register_with_point_cloud("elic", Elic, "ELIC")
 # ELIC(PA): ELIC widened until it has as many parameters as ELIC-PC (N = 112: 0.6% fewer), the latent
@@ -85,13 +95,17 @@ register_model(ModelSpec("mlic", Mlic, {}, "Jiang 2023 MLIC: channel, local and 
 _register_with_point_cloud("mlic", Mlic, "MLIC")
 
 
-def checkpoint_path(name: str, quality: int) -> Path:
-    """Where the shipped checkpoint of a model and quality lives (it may not exist)."""
+def checkpoint_path(name: str, quality: float) -> Path:
+    """Where the shipped checkpoint of a model and quality lives (it may not exist); a variable-rate
+    model has one for all its qualities."""
+    if name in MODELS and MODELS[name].variable_rate:
+        return CHECKPOINT_DIR / f"{name}.pt"
     return CHECKPOINT_DIR / f"{name}-q{quality}.pt"
 
 
-def _seed(name: str, quality: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{name}/q{quality}".encode()).digest()[:8], "little") & (2**63 - 1)
+def _seed(name: str, quality: float) -> int:
+    key = name if MODELS[name].variable_rate else f"{name}/q{quality}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> bytes:
@@ -154,7 +168,7 @@ def stored_state_dict(state: dict) -> dict[str, torch.Tensor]:
 
 def create_model(
     name: str,
-    quality: int = 4,
+    quality: float = 4,
     checkpoint: str | Path | None = None,
     pretrained: bool = True,
     device: str | torch.device = "cpu",
@@ -163,15 +177,18 @@ def create_model(
 
     Args:
         name: a registered name (see ``model_names()``).
-        quality: 1..4 (lambda = QUALITY_LAMBDAS[quality]).
+        quality: 1..4 (lambda = QUALITY_LAMBDAS[quality]); for a variable-rate model any number in
+            ``QUALITY_RANGE`` (the weights are the same for all; the quality is passed when coding).
         checkpoint: a checkpoint file to load; by default the shipped one when it exists.
         pretrained: when False, or when no checkpoint exists, use the seeded untrained weights.
     """
     if name not in MODELS:
         raise KeyError(f"unknown model '{name}'; registered: {', '.join(model_names())}")
-    if quality not in QUALITY_LAMBDAS:
-        raise ValueError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {quality}")
     spec = MODELS[name]
+    if spec.variable_rate:
+        check_quality(quality)
+    elif quality not in QUALITY_LAMBDAS:
+        raise ValueError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {quality}")
     if checkpoint is None and pretrained and checkpoint_path(name, quality).is_file():
         checkpoint = checkpoint_path(name, quality)
     with torch.random.fork_rng(devices=[]):

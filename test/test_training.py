@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 from compressai.losses import RateDistortionLoss
-from conftest import DATA, REPO
+from conftest import DATA, REPO, crop_frame
 
 from pcic_ros.codec import Codec
 from pcic_ros.datasets import discover_frames
-from pcic_ros.training import TrainConfig, alpha_at, export_checkpoint, train
+from pcic_ros.training import TrainConfig, alpha_at, code_image, export_checkpoint, train
 from pcic_ros.training_data import CropDataset, crop_box, crop_calibration, prepare_cache
 from pcic_ros.zoo import (
     QUALITY_LAMBDAS,
@@ -150,6 +150,41 @@ def test_resume_continues_exactly(tmp_path, cache_dir):
 
     straight_log = without_speed(read_log(tmp_path / "straight" / "train_log.csv"))
     assert without_speed(read_log(tmp_path / "interrupted" / "train_log.csv")) == straight_log
+
+
+def test_variable_rate_run_stopped_by_its_time_limit_resumes_exactly(tmp_path, cache_dir):
+    """hyper-vr from the shipped HYPER q3: a run stopped by --time-limit (0 s: after its first step)
+    and resumed ends with the weights and logs of an uninterrupted one; every anchor quality is
+    validated; the exported file codes at any quality."""
+    settings = dict(model="hyper-vr", init_from=str(checkpoint_path("hyper", 3)), steps=3, validate_every=3)
+    straight = tiny_config(tmp_path / "straight", cache_dir, **settings)
+    interrupted = tiny_config(tmp_path / "interrupted", cache_dir, **settings)
+    result = train(straight, progress=False)
+    train(interrupted, progress=False, time_limit=0.0)
+    assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["step"] == 1
+    train(interrupted, resume=True, progress=False)
+
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    assert not torch.equal(a["state_dict"]["gain_units.log_gain"], create_model("hyper-vr").gain_units.log_gain)
+    for log in ("train_log.csv", "validation_log.csv"):
+        rows = [{k: v for k, v in row.items() if k != "steps_per_s"} for row in read_log(tmp_path / "straight" / log)]
+        assert rows == [
+            {k: v for k, v in row.items() if k != "steps_per_s"} for row in read_log(tmp_path / "interrupted" / log)
+        ]
+    validation = read_log(tmp_path / "straight" / "validation_log.csv")
+    assert [float(row["quality"]) for row in validation] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    bpps = [float(row["bpp"]) for row in validation]
+    assert bpps == sorted(bpps), "rate grows with quality"
+    assert result["bpp"] == pytest.approx(np.mean(bpps)) and len(result["by_quality"]) == 6
+
+    exported = create_model("hyper-vr", checkpoint=tmp_path / "straight" / "model.pt")
+    image = crop_frame("kitti_raw", 64, 128)[0]
+    sizes = [code_image(exported, image, None, quality)[0] for quality in (0.5, 2.5, 4.5)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
 
 
 DDP_SCRIPT = textwrap.dedent(

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pcic_ros.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import PointCloudCompressionModel
+from pcic_ros.models.gain import GainUnits, quality_tensor
 from pcic_ros.pointcloud import ConditionedSequential, PointCloudConfig, PointCloudFeatures
 
 __all__ = ["ScaleHyperprior"]
@@ -23,9 +24,18 @@ class ScaleHyperprior(PointCloudCompressionModel):
     convolution over [features, c1] instead of a transposed convolution to RGB), and the Hyper Refiner
     turns [h_s(z_hat), c_hyper] into the scales of the Gaussian conditional (eq. 9-13). HYPER's entropy
     parameters are scales only (zero mean), so the refiner outputs scales.
+
+    With ``variable_rate`` the model covers a continuous quality range with gain units on y
+    (``pcic_ros.models.gain``): ``forward``, ``compress`` and ``decompress`` then take a ``quality``.
     """
 
-    def __init__(self, N: int = 96, M: int = 144, point_cloud: PointCloudConfig | None = None) -> None:
+    def __init__(
+        self,
+        N: int = 96,
+        M: int = 144,
+        point_cloud: PointCloudConfig | None = None,
+        variable_rate: bool = False,
+    ) -> None:
         super().__init__(point_cloud)
         ca, cs = self.transform_channels()
         fg_a, fg_s = ca > 0, cs > 0
@@ -84,7 +94,24 @@ class ScaleHyperprior(PointCloudCompressionModel):
             compute_in_fixed_point(self.refiner)
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
+        self.gain_units = GainUnits(M) if variable_rate else None
         self.N, self.M = int(N), int(M)
+
+    @property
+    def variable_rate(self) -> bool:
+        return self.gain_units is not None
+
+    def _gained(self, y: Tensor, quality: float | Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """y scaled by the gain of its quality, and the inverse gain to apply after quantisation (None
+        for a single-rate model, which takes no quality)."""
+        if self.gain_units is None:
+            return y, None
+        qualities = quality_tensor(quality, y.shape[0], y.device)
+        return y * self.gain_units.gain(qualities), self.gain_units.inverse_gain(qualities)
+
+    @staticmethod
+    def _ungained(y_hat: Tensor, inverse_gain: Tensor | None) -> Tensor:
+        return y_hat if inverse_gain is None else y_hat * inverse_gain
 
     def _scales(self, z_hat: Tensor, features: PointCloudFeatures | None) -> Tensor:
         scales = self.h_s(z_hat)
@@ -92,26 +119,32 @@ class ScaleHyperprior(PointCloudCompressionModel):
             scales = self.refiner(scales, features.c_hyper if features is not None else None)
         return scales
 
-    def forward(self, x: Tensor, c_proj: Tensor | None = None) -> dict:
+    def forward(self, x: Tensor, c_proj: Tensor | None = None, quality: float | Tensor | None = None) -> dict:
         features = self.training_features(c_proj)
-        y = self.g_a(x, features)
+        y, inverse_gain = self._gained(self.g_a(x, features), quality)
         z = self.h_a(y.abs())
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         scales = self._scales(z_hat, features)
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales)
-        x_hat = self.g_s(y_hat, features)
+        x_hat = self.g_s(self._ungained(y_hat, inverse_gain), features)
         return {
             "x_hat": x_hat,
             "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
             "c_pre": features.c_pre if features is not None else None,
         }
 
-    def compress(self, x: Tensor, c_proj: Tensor | None = None, reconstruct: bool = False) -> dict:
+    def compress(
+        self,
+        x: Tensor,
+        c_proj: Tensor | None = None,
+        reconstruct: bool = False,
+        quality: float | Tensor | None = None,
+    ) -> dict:
         """Entropy-code x. With ``reconstruct`` also return the decoder's x_hat, computed from the same
         dequantised symbols the decoder will see (so the two are identical)."""
         # With reconstruct the synthesis needs its features too: run the branch once for both sides.
         features = self.encoder_features(c_proj, reconstruct)
-        y = self.g_a(x, features)
+        y, inverse_gain = self._gained(self.g_a(x, features), quality)
         z = self.h_a(y.abs())
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
@@ -121,14 +154,21 @@ class ScaleHyperprior(PointCloudCompressionModel):
         if reconstruct:
             symbols = self.gaussian_conditional.quantize(y, "symbols")
             y_hat = self.gaussian_conditional.dequantize(symbols).to(z_hat.dtype)
-            out["x_hat"] = self.g_s(y_hat, features).clamp_(0, 1)
+            out["x_hat"] = self.g_s(self._ungained(y_hat, inverse_gain), features).clamp_(0, 1)
         return out
 
-    def decompress(self, strings: list, shape: tuple[int, int], c_proj: Tensor | None = None) -> dict:
+    def decompress(
+        self,
+        strings: list,
+        shape: tuple[int, int],
+        c_proj: Tensor | None = None,
+        quality: float | Tensor | None = None,
+    ) -> dict:
         if len(strings) != 2:
             raise ValueError(f"{type(self).__name__} expects 2 strings (y, z), got {len(strings)}")
         features = self.decoder_features(c_proj)
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         indexes = self.gaussian_conditional.build_indexes(self._scales(z_hat, features))
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
-        return {"x_hat": self.g_s(y_hat, features).clamp_(0, 1)}
+        inverse_gain = self._gained(y_hat, quality)[1]
+        return {"x_hat": self.g_s(self._ungained(y_hat, inverse_gain), features).clamp_(0, 1)}

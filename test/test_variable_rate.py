@@ -1,0 +1,84 @@
+"""Variable-rate HYPER (gain units): any quality in the range codes bit-exactly, a quality outside it is
+refused, rate follows quality, and a model started from a single-rate checkpoint codes exactly as that
+checkpoint does at its quality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import crop_frame
+
+from pcic_ros.models.gain import QUALITY_RANGE, GainUnits, QualityError, check_quality, quality_lambda
+from pcic_ros.training import _load_initial_weights, code_image
+from pcic_ros.zoo import QUALITY_LAMBDAS, checkpoint_path, create_model
+
+QUALITIES = (0.0, 0.75, 1.5, 2.5, 3.0, 4.2, 5.0)
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return crop_frame("kitti_object", 128, 256)[0]
+
+
+@pytest.fixture(scope="module")
+def warm_started():
+    """hyper-vr started from the shipped HYPER q3 (an untrained model codes every latent as 0)."""
+    model = create_model("hyper-vr", pretrained=False)
+    _load_initial_weights(model, checkpoint_path("hyper", 3))
+    model.update(force=True)
+    return model
+
+
+def test_quality_scale_extends_the_papers_four_lambdas():
+    assert [quality_lambda(q) for q in QUALITY_LAMBDAS] == pytest.approx(list(QUALITY_LAMBDAS.values()))
+    assert quality_lambda(QUALITY_RANGE[0]) <= 0.002 and quality_lambda(QUALITY_RANGE[1]) >= 0.05
+
+
+@pytest.mark.parametrize("quality", [-0.1, 5.01, float("nan"), "high", None])
+def test_a_quality_outside_the_range_is_refused(quality):
+    with pytest.raises(QualityError):
+        check_quality(quality)
+    model = create_model("hyper-vr", pretrained=False)
+    with pytest.raises(QualityError):
+        model.compress(torch.zeros(1, 3, 64, 64), quality=quality)
+
+
+def test_gains_interpolate_exponentially_between_anchors():
+    units = GainUnits(4, base_quality=3.0)
+    with torch.no_grad():
+        units.log_gain.normal_()
+    q = torch.tensor([1.0, 1.25, 2.0, 5.0])
+    gains = units.gain(q)[:, :, 0, 0]
+    assert torch.allclose(gains[0], units.log_gain[1].exp()) and torch.allclose(gains[2], units.log_gain[2].exp())
+    assert torch.allclose(gains[1], units.log_gain[1].exp() ** 0.75 * units.log_gain[2].exp() ** 0.25)
+    assert torch.allclose(gains[3], units.log_gain[-1].exp())
+
+
+def test_every_quality_round_trips_bit_exactly_and_rate_grows_with_quality(frame, warm_started):
+    image, model = frame, warm_started
+    sizes = []
+    for quality in QUALITIES:
+        out = model.compress(_tensor(image), reconstruct=True, quality=quality)
+        decoded = model.decompress(out["strings"], out["shape"], quality=quality)["x_hat"]
+        assert torch.equal(decoded, out["x_hat"]), f"quality {quality}"
+        sizes.append(sum(len(s[0]) for s in out["strings"]))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
+
+
+def test_started_from_a_single_rate_checkpoint_it_codes_as_that_checkpoint_at_its_quality(frame, warm_started):
+    image, variable = frame, warm_started
+    single = create_model("hyper", 3)
+    bytes_variable, decoded_variable = code_image(variable, image, None, 3.0)
+    bytes_single, decoded_single = code_image(single, image, None)
+    assert bytes_variable == bytes_single
+    assert (decoded_variable == decoded_single).all()
+
+
+def test_a_checkpoint_of_another_architecture_is_refused():
+    variable = create_model("hyper-vr", pretrained=False)
+    with pytest.raises(ValueError, match="does not fit"):
+        _load_initial_weights(variable, checkpoint_path("hyper-pc", 3))
+
+
+def _tensor(image):
+    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
