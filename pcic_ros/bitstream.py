@@ -1,24 +1,29 @@
 """The pcic container: a versioned header followed by the entropy-coded strings.
 
-Byte layout (format version 1, all integers little-endian; see docs/bitstream.md):
+Byte layout (format version 2, all integers little-endian; see docs/bitstream.md):
 
     offset  size  field
     0       4     magic b"PCIC"
-    4       1     format version (1)
+    4       1     format version (2)
     5       1     flags: bit 0 = zeros fallback (no scan was used); other bits are 0
-    6       1     quality (1..255)
-    7       1     L = length of the model name (1..64)
-    8       L     model name, ASCII
-    8+L     2     image height (1..MAX_SIDE)
-    10+L    2     image width (1..MAX_SIDE)
-    12+L    2     padded height (multiple of the model's factor, >= height)
-    14+L    2     padded width (multiple of the model's factor, >= width)
-    16+L    8     depth fingerprint: projection.depth_fingerprint of the equalised depth map
-    24+L    4     weights fingerprint: zoo.weights_fingerprint of the model
-    28+L    1     K = number of strings (1..MAX_STRINGS)
-    29+L    4*K   length of each string in bytes
-    29+L+4K 4     CRC-32 of every byte before it and of the payload
-    33+L+4K ...   payload: the K strings, back to back; the file ends exactly there
+    6       4     quality, IEEE float32 (finite, 0..255)
+    10      1     L = length of the model name (1..64)
+    11      L     model name, ASCII
+    11+L    2     image height (1..MAX_SIDE)
+    13+L    2     image width (1..MAX_SIDE)
+    15+L    2     padded height (multiple of the model's factor, >= height)
+    17+L    2     padded width (multiple of the model's factor, >= width)
+    19+L    8     depth fingerprint: projection.depth_fingerprint of the equalised depth map
+    27+L    4     weights fingerprint: zoo.weights_fingerprint of the model
+    31+L    1     K = number of strings (1..MAX_STRINGS)
+    32+L    4*K   length of each string in bytes
+    32+L+4K 4     CRC-32 of every byte before it and of the payload
+    36+L+4K ...   payload: the K strings, back to back; the file ends exactly there
+
+Version 1 differs only in the quality, one unsigned byte (1..255) at offset 6, which moves every later
+field 3 bytes earlier. ``unpack`` still reads it (its single-rate models and qualities are unchanged);
+``pack`` writes version 2. A variable-rate model's quality is any real number in its range: float32
+holds what the model computes with (``stored_quality``), so encoder and decoder use the same value.
 
 Any violation raises ``BitstreamError``: the only exception ``unpack`` and ``pcic_ros.codec.Codec.decode``
 raise for bad data. Sizes are checked before anything is allocated.
@@ -26,6 +31,7 @@ raise for bad data. Sizes are checked before anything is allocated.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -33,6 +39,8 @@ from dataclasses import dataclass
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "stored_quality",
     "MAX_SIDE",
     "MAX_PIXELS",
     "MAX_STRINGS",
@@ -46,7 +54,9 @@ __all__ = [
 ]
 
 MAGIC = b"PCIC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions ``unpack`` reads; ``pack`` writes FORMAT_VERSION.
+READABLE_VERSIONS = (1, 2)
 #: Largest image side and area a container may describe: bounds the decoder's memory.
 MAX_SIDE = 8192
 MAX_PIXELS = 3840 * 2160
@@ -66,12 +76,19 @@ class ScanMismatchError(BitstreamError):
     calibration), or the decoder holds no scan for a frame that needs one."""
 
 
+def stored_quality(quality: float) -> int | float:
+    """``quality`` as a container stores it: rounded to float32, and an int when it is whole (the
+    single-rate models' 1..4 name their checkpoints by it)."""
+    value = float(struct.unpack("<f", struct.pack("<f", float(quality)))[0])
+    return int(value) if value.is_integer() else value
+
+
 @dataclass(frozen=True)
 class FrameHeader:
     """Everything before the payload."""
 
     model: str
-    quality: int
+    quality: int | float
     height: int
     width: int
     padded_height: int
@@ -87,13 +104,14 @@ class FrameHeader:
 
     def validate(self) -> None:
         """Raise BitstreamError unless every field is in range."""
-        if self.version != FORMAT_VERSION:
-            raise BitstreamError(f"unsupported format version {self.version} (this decoder reads {FORMAT_VERSION})")
+        if self.version not in READABLE_VERSIONS:
+            raise BitstreamError(f"unsupported format version {self.version} (this decoder reads {_READABLE})")
         name = self.model.encode("ascii", errors="replace")
         if not 1 <= len(name) <= _MAX_NAME:
             raise BitstreamError(f"model name must be 1..{_MAX_NAME} ASCII characters")
-        if not 1 <= self.quality <= 255:
-            raise BitstreamError(f"quality {self.quality} out of range 1..255")
+        low = 1 if self.version == 1 else 0
+        if not (math.isfinite(self.quality) and low <= self.quality <= 255):  # NaN fails the comparison too
+            raise BitstreamError(f"quality {self.quality} out of range {low}..255")
         for label, size in (("height", self.height), ("width", self.width)):
             if not 1 <= size <= MAX_SIDE:
                 raise BitstreamError(f"image {label} {size} out of range 1..{MAX_SIDE}")
@@ -105,7 +123,10 @@ class FrameHeader:
             raise BitstreamError("fingerprints must be 8 (depth) and 4 (weights) bytes")
 
 
-_FIXED = struct.Struct("<4sBBBB")
+_READABLE = ", ".join(str(v) for v in READABLE_VERSIONS)
+_PREFIX = struct.Struct("<4sBB")
+#: The quality and the name length, by version.
+_QUALITY = {1: struct.Struct("<BB"), 2: struct.Struct("<fB")}
 _SIZES = struct.Struct("<HHHH8s4sB")
 _U32 = struct.Struct("<I")
 
@@ -118,8 +139,13 @@ def pack(header: FrameHeader, strings: list[bytes]) -> bytes:
         raise ValueError(f"cannot pack: {error}") from None
     if not 1 <= len(strings) <= MAX_STRINGS:
         raise ValueError(f"1..{MAX_STRINGS} strings expected, got {len(strings)}")
+    if header.version != FORMAT_VERSION:
+        raise ValueError(f"cannot pack: this writer writes format version {FORMAT_VERSION} only")
+    if stored_quality(header.quality) != header.quality:
+        raise ValueError(f"cannot pack: quality {header.quality} is not a float32 (see stored_quality)")
     name = header.model.encode("ascii")
-    head = bytearray(_FIXED.pack(MAGIC, header.version, header.flags, header.quality, len(name)))
+    head = bytearray(_PREFIX.pack(MAGIC, header.version, header.flags))
+    head += _QUALITY[FORMAT_VERSION].pack(header.quality, len(name))
     head += name
     head += _SIZES.pack(
         header.height,
@@ -150,14 +176,19 @@ def _parse(data: bytes | memoryview) -> tuple[FrameHeader, list[int], int, int]:
     # Offsets below count bytes: a view of wider items, several dimensions or with strides would be misread.
     if isinstance(data, memoryview) and (data.ndim != 1 or data.itemsize != 1 or not data.c_contiguous):
         raise BitstreamError(f"expected a flat buffer of bytes, got a {data.format!r} view of shape {data.shape}")
-    fixed, offset = _take(data, 0, _FIXED.size, "the header")
-    magic, version, flags, quality, name_length = _FIXED.unpack(fixed)
+    prefix, offset = _take(data, 0, _PREFIX.size, "the header")
+    magic, version, flags = _PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise BitstreamError(f"not a pcic file (magic {bytes(magic)!r}, expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"unsupported format version {version} (this decoder reads {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(f"unsupported format version {version} (this decoder reads {_READABLE})")
     if flags & ~_KNOWN_FLAGS:
         raise BitstreamError(f"unknown flags 0x{flags:02x}")
+    raw_quality, offset = _take(data, offset, _QUALITY[version].size, "the quality and name length")
+    quality, name_length = _QUALITY[version].unpack(raw_quality)
+    if not math.isfinite(quality):
+        raise BitstreamError(f"quality {quality} is not a finite number")
+    quality = stored_quality(quality)
     if not 1 <= name_length <= _MAX_NAME:
         raise BitstreamError(f"model name length {name_length} out of range 1..{_MAX_NAME}")
     raw_name, offset = _take(data, offset, name_length, "the model name")

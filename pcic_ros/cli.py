@@ -59,7 +59,8 @@ def _encode(args: argparse.Namespace) -> int:
     output = Path(args.output)
     output.write_bytes(frame.data)
     fallback = " (all-zeros fallback: no scan)" if frame.header.zeros_fallback else ""
-    print(f"{output}: {len(frame.data)} bytes, {frame.bits_per_pixel:.4f} bpp, {args.model} q{args.quality}{fallback}")
+    summary = f"{len(frame.data)} bytes, {frame.bits_per_pixel:.4f} bpp, {args.model} q{codec.quality:g}"
+    print(f"{output}: {summary}{fallback}")
     return 0
 
 
@@ -72,7 +73,7 @@ def _decode(args: argparse.Namespace) -> int:
     codec = Codec(header.model, header.quality, device=args.device)
     image = codec.decode(data, scan, calibration)
     Image.fromarray(image).save(args.output)
-    print(f"{args.output}: {image.shape[1]} x {image.shape[0]} from {header.model} q{header.quality}")
+    print(f"{args.output}: {image.shape[1]} x {image.shape[0]} from {header.model} q{header.quality:g}")
     return 0
 
 
@@ -83,7 +84,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"file:              {args.input}")
     print(f"format version:    {header.version}")
     print(f"model:             {header.model}")
-    print(f"quality:           {header.quality}")
+    print(f"quality:           {header.quality:g}")
     print(
         f"image size:        {header.width} x {header.height} (padded {header.padded_width} x {header.padded_height})"
     )
@@ -110,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("image", help="RGB image (PNG, ...)")
     encode.add_argument("-o", "--output", required=True, help="output .pcic file")
     encode.add_argument("--model", default="hyper-pc", choices=model_names())
-    encode.add_argument("--quality", type=int, default=4, choices=[1, 2, 3, 4])
+    encode.add_argument(
+        "--quality",
+        type=float,
+        default=4,
+        help="1, 2, 3 or 4 for a single-rate model; any number from 0 to 5 for a variable-rate one (hyper-vr)",
+    )
     encode.add_argument("--checkpoint", help="weights file instead of the shipped ones")
     _add_frame_arguments(encode)
     encode.set_defaults(func=_encode)

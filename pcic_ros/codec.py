@@ -25,6 +25,7 @@ from pcic_ros.bitstream import (
     FrameHeader,
     ScanMismatchError,
     pack,
+    stored_quality,
     unpack,
 )
 from pcic_ros.fixed_point import FixedPointError
@@ -126,7 +127,8 @@ class Codec:
 
     Args:
         model: registered model name for encoding (``pcic_ros.zoo.model_names()``).
-        quality: 1..4.
+        quality: 1..4 for a single-rate model; any number in ``QUALITY_RANGE`` for a variable-rate one
+            (held as the container stores it, a float32: ``bitstream.stored_quality``).
         device: 'cpu', 'cuda' or None for ``default_device()``.
         checkpoint: weights to use for ``model``/``quality`` instead of the shipped or untrained ones.
         max_decode_pixels: ``decode`` refuses frames larger than this. Decoding costs what the header
@@ -138,7 +140,7 @@ class Codec:
     def __init__(
         self,
         model: str = "hyper-pc",
-        quality: int = 4,
+        quality: float = 4,
         device: str | None = None,
         checkpoint: str | None = None,
         max_decode_pixels: int = MAX_PIXELS,
@@ -148,15 +150,20 @@ class Codec:
         self.device = torch.device(device or default_device())
         self.max_decode_pixels = max_decode_pixels
         self.model_name = model
-        self.quality = quality
+        self.quality = stored_quality(quality)
         self._checkpoint = checkpoint
-        self._models: dict[tuple[str, int], tuple[PointCloudCompressionModel, bytes]] = {}
-        self._model(model, quality)
+        self._models: dict[tuple[str, float | None], tuple[PointCloudCompressionModel, bytes]] = {}
+        self._model(model, self.quality)
 
-    def _model(self, name: str, quality: int) -> tuple[PointCloudCompressionModel, bytes]:
-        key = (name, quality)
+    def _weights_key(self, name: str, quality: float) -> tuple[str, float | None]:
+        """Which weights code (name, quality): a variable-rate model has the same for every quality."""
+        return (name, None if name in MODELS and MODELS[name].variable_rate else quality)
+
+    def _model(self, name: str, quality: float) -> tuple[PointCloudCompressionModel, bytes]:
+        key = self._weights_key(name, quality)
         if key not in self._models:
-            checkpoint = self._checkpoint if key == (self.model_name, self.quality) else None
+            own = key == self._weights_key(self.model_name, self.quality)
+            checkpoint = self._checkpoint if own else None
             model = create_model(name, quality, checkpoint=checkpoint, device=self.device)
             for module in model.modules():
                 if isinstance(module, EntropyModel):
@@ -205,7 +212,7 @@ class Codec:
         # Replicate padding keeps the padded border cheap to code; it is cropped away after decoding.
         x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
         c_proj = self._c_proj(equalized, height, width, padded) if model.branch is not None else None
-        out = model.compress(x, c_proj, reconstruct=reconstruct)
+        out = model.compress(x, c_proj, reconstruct=reconstruct, **_rate(self.model_name, self.quality))
         header = FrameHeader(
             model=self.model_name,
             quality=self.quality,
@@ -267,12 +274,17 @@ class Codec:
             c_proj = self._c_proj(equalized, header.height, header.width, (header.padded_height, header.padded_width))
         shape = (header.padded_height // factor, header.padded_width // factor)
         try:
-            out = model.decompress([[s] for s in strings], shape, c_proj)
+            out = model.decompress([[s] for s in strings], shape, c_proj, **_rate(header.model, header.quality))
         except (RuntimeError, ValueError, FixedPointError) as error:
             # FixedPointError: forged strings decode to latents far larger than any encoder writes, and the
             # fixed-point hyper-synthesis refuses values past exact float64 integers.
             raise BitstreamError(f"entropy decoding failed: {error}") from None
         return _to_image(out["x_hat"], header.height, header.width)
+
+
+def _rate(name: str, quality: float) -> dict[str, float]:
+    """The quality argument of a variable-rate model's compress and decompress (none for single-rate)."""
+    return {"quality": quality} if MODELS[name].variable_rate else {}
 
 
 def _to_image(x_hat: torch.Tensor, height: int, width: int) -> np.ndarray:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,11 @@ LAYOUT_FRAMES = {
 def pytest_configure(config: pytest.Config) -> None:
     if not DATA.is_dir():
         raise pytest.UsageError(f"the test data is missing: {DATA} (set PCIC_DATA)")
+
+
+def pcic(*args: str) -> subprocess.CompletedProcess:
+    """The pcic command as a user runs it, in a child process."""
+    return subprocess.run([sys.executable, "-m", "pcic_ros.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def load_layout_frame(layout: str):

@@ -15,6 +15,7 @@ from pcic_ros.bitstream import (
     FrameHeader,
     pack,
     read_header,
+    stored_quality,
     unpack,
 )
 
@@ -38,9 +39,10 @@ def test_round_trip_is_exact_and_layout_is_as_documented():
     assert header == HEADER and strings == STRINGS
     assert read_header(data) == HEADER
     name = HEADER.model.encode()
-    assert data[:4] == MAGIC and data[4] == FORMAT_VERSION and data[5] == 1 and data[6] == 3
-    assert data[7] == len(name) and data[8 : 8 + len(name)] == name
-    offset = 8 + len(name)
+    assert data[:4] == MAGIC and data[4] == FORMAT_VERSION == 2 and data[5] == 1
+    assert struct.unpack_from("<f", data, 6) == (3.0,)
+    assert data[10] == len(name) and data[11 : 11 + len(name)] == name
+    offset = 11 + len(name)
     assert struct.unpack_from("<HHHH", data, offset) == (375, 1242, 384, 1280)
     assert data[offset + 8 : offset + 16] == HEADER.depth_fingerprint
     assert data[offset + 16 : offset + 20] == HEADER.weights_fingerprint
@@ -86,7 +88,9 @@ def _forge(**fields) -> bytes:
     """A container with a valid checksum whose header fields are set past validation."""
     values = {**HEADER.__dict__, **fields}
     name = values["model"].encode()
-    head = struct.pack("<4sBBBB", MAGIC, values["version"], fields.get("flags", 0), values["quality"], len(name))
+    quality = "<B" if values["version"] == 1 else "<f"
+    head = struct.pack("<4sBB", MAGIC, values["version"], fields.get("flags", 0))
+    head += struct.pack(quality, values["quality"]) + struct.pack("<B", len(name))
     head += name + struct.pack(
         "<HHHH8s4sB",
         values["height"],
@@ -105,18 +109,39 @@ def _forge(**fields) -> bytes:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"version": 2}, "version"),
+        ({"version": 3}, "version"),
+        ({"version": 0}, "version"),
         ({"flags": 0x80}, "flags"),
         ({"height": 0}, "height"),
         ({"width": 9000, "padded_width": 9000}, "width"),
         ({"height": 8000, "width": 8000, "padded_height": 8000, "padded_width": 8000}, "pixels"),
         ({"padded_height": 300}, "padded"),
-        ({"quality": 0}, "quality"),
+        ({"quality": -0.5}, "quality"),
+        ({"quality": 256.0}, "quality"),
+        ({"quality": float("nan")}, "quality"),
+        ({"quality": float("inf")}, "quality"),
+        ({"version": 1, "quality": 0}, "quality"),
     ],
 )
 def test_out_of_range_fields_are_rejected_before_any_allocation(fields, message):
     with pytest.raises(BitstreamError, match=message):
         unpack(_forge(**fields))
+
+
+def test_a_version_1_container_still_reads_with_its_integer_quality():
+    header, strings = unpack(_forge(version=1, quality=4))
+    assert header.version == 1 and header.quality == 4 and isinstance(header.quality, int)
+    assert strings == [b"abcd"]
+
+
+def test_a_real_quality_is_stored_exactly_as_float32():
+    for quality in (0.0, 2.5, 4.2, 5.0):
+        header = FrameHeader(**{**HEADER.__dict__, "quality": stored_quality(quality)})
+        assert unpack(pack(header, STRINGS))[0] == header
+    assert stored_quality(4.0) == 4 and isinstance(stored_quality(4.0), int)
+    assert stored_quality(4.2) == struct.unpack("<f", struct.pack("<f", 4.2))[0] != 4.2
+    with pytest.raises(ValueError, match="float32"):
+        pack(FrameHeader(**{**HEADER.__dict__, "quality": 4.2}), STRINGS)
 
 
 def test_pack_refuses_invalid_headers():

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
-from conftest import DATA, LAYOUT_FRAMES
+from conftest import DATA, LAYOUT_FRAMES, pcic
 
 from pcic_ros.datasets import load_image
 
 IMAGE, SCAN, CALIB = (str(DATA / p) for p in LAYOUT_FRAMES["kitti_raw"])
-
-
-def pcic(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pcic_ros.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_encode_info_decode_on_a_kitti_raw_frame(tmp_path):

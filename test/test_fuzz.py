@@ -229,11 +229,11 @@ def forged_size_case(case: tuple[str, bytes]) -> str:
 def header_fields(data: bytes | bytearray) -> dict[str, tuple[int, int]]:
     """(offset, size) of each header field found in ``data``, located as the parser reads them (the
     name length and string count come from the data itself, however damaged)."""
-    fields = {"magic": (0, 4), "version": (4, 1), "flags": (5, 1), "quality": (6, 1), "name_length": (7, 1)}
-    if len(data) > 7:
-        name_length = data[7]
-        fields["name"] = (8, name_length)
-        offset = 8 + name_length
+    fields = {"magic": (0, 4), "version": (4, 1), "flags": (5, 1), "quality": (6, 4), "name_length": (10, 1)}
+    if len(data) > 10:
+        name_length = data[10]
+        fields["name"] = (11, name_length)
+        offset = 11 + name_length
         for label, size in (
             ("height", 2),
             ("width", 2),
@@ -318,7 +318,7 @@ def _rename_model(draw: Callable, data: bytearray) -> bytearray:
         return data
     offset, size = fields["name"]
     name = draw(st.one_of(st.sampled_from(MODEL_NAMES), st.binary(max_size=70)))
-    data[7] = len(name) & 0xFF
+    data[fields["name_length"][0]] = len(name) & 0xFF
     return data[:offset] + name + data[offset + size :]
 
 

@@ -4,12 +4,15 @@ checkpoint does at its quality."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from conftest import crop_frame
+from conftest import DATA, LAYOUT_FRAMES, crop_frame, pcic
 
+from pcic_ros.bitstream import stored_quality
+from pcic_ros.codec import Codec
 from pcic_ros.models.gain import QUALITY_RANGE, GainUnits, QualityError, check_quality, quality_lambda
-from pcic_ros.training import _load_initial_weights, code_image
+from pcic_ros.training import _load_initial_weights, code_image, export_checkpoint
 from pcic_ros.zoo import QUALITY_LAMBDAS, checkpoint_path, create_model
 
 QUALITIES = (0.0, 0.75, 1.5, 2.5, 3.0, 4.2, 5.0)
@@ -82,3 +85,31 @@ def test_a_checkpoint_of_another_architecture_is_refused():
 
 def _tensor(image):
     return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+
+
+@pytest.fixture(scope="module")
+def warm_started_file(tmp_path_factory, warm_started):
+    return export_checkpoint(warm_started, tmp_path_factory.mktemp("hyper-vr") / "model.pt")
+
+
+@pytest.mark.parametrize("quality", [0.3, 1.0, 2.5, 3.7, 4.2, 5.0])
+def test_codec_round_trips_any_quality_on_every_layout(layout_frame, warm_started_file, quality):
+    layout = layout_frame[0]
+    image, scan, calibration = crop_frame(layout, 96, 160)
+    codec = Codec("hyper-vr", quality, checkpoint=str(warm_started_file))
+    frame = codec.encode_frame(image, scan, calibration)
+    assert frame.header.quality == stored_quality(quality) and frame.header.version == 2
+    # A decoder built for another quality reads the quality from the header, with the same weights.
+    decoder = Codec("hyper-vr", 3, checkpoint=str(warm_started_file))
+    assert np.array_equal(decoder.decode(frame.data, scan, calibration), frame.reconstruction)
+
+
+def test_cli_codes_a_real_quality_and_refuses_one_outside_the_range(tmp_path, warm_started_file):
+    image, scan, calib = (str(DATA / p) for p in LAYOUT_FRAMES["kitti_raw"])
+    args = ["--model", "hyper-vr", "--checkpoint", str(warm_started_file), "--scan", scan, "--calib", calib]
+    encoded = pcic("encode", image, "-o", str(tmp_path / "f.pcic"), "--quality", "2.5", *args)
+    assert encoded.returncode == 0, encoded.stderr
+    assert "quality:           2.5" in pcic("info", str(tmp_path / "f.pcic")).stdout
+    refused = pcic("encode", image, "-o", str(tmp_path / "g.pcic"), "--quality", "5.5", *args)
+    assert refused.returncode == 2 and "outside the range" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "g.pcic").exists()
