@@ -132,7 +132,7 @@ class Codec:
         device: 'cpu', 'cuda' or None for ``default_device()``.
         checkpoint: weights to use for ``model``/``quality`` instead of the shipped or untrained ones.
         max_decode_pixels: ``decode`` refuses frames larger than this. Decoding costs what the header
-            asks for, not what the file weighs: a forged 46-byte container may ask for the format's
+            asks for, not what the file weighs: a forged 49-byte container may ask for the format's
             largest image (``MAX_PIXELS``, about 40 s and 3 GB on one CPU core). A receiver that knows
             its cameras sets their size here.
     """
