@@ -220,7 +220,8 @@ class _FixedPointMode(TorchFunctionMode):
         }
         # Exact as they are: they move, select or create values without arithmetic.
         data_movement = (
-            torch.cat, torch.zeros_like, F.pixel_shuffle, torch.pixel_shuffle, Tensor.__getitem__, Tensor.__setitem__,
+            torch.cat, torch.zeros_like, F.pixel_shuffle, torch.pixel_shuffle, F.pixel_unshuffle,
+            torch.pixel_unshuffle, Tensor.__getitem__, Tensor.__setitem__,
             Tensor.reshape, Tensor.view, Tensor.transpose, Tensor.permute, Tensor.contiguous, Tensor.chunk,
             Tensor.split, Tensor.new_zeros, Tensor.size, Tensor.dim,
         )  # fmt: skip

@@ -3,6 +3,20 @@
 The branch is model-agnostic: a codec (HYPER, ELIC, MLIC, ...) owns one ``PointCloudBranch`` and one
 ``HyperRefiner`` and feeds c1, c2, c3 into its transforms and c_hyper into the refiner. Which of these
 paths exist is decided by a ``PointCloudConfig``; the paper's ablations are presets of it.
+
+Two layouts of the branch (``PointCloudConfig.layout``):
+
+- "paper": as the paper draws it. PIP and the first MCM layer, with attention blocks, run at full
+  resolution, and c1, c2, c3 are concatenated to the inputs of the transform layers.
+- "lean": the same parts, cheaper and able to start from a trained baseline. The depth map holds a
+  point in about 4 % of the pixels, so 2 x 2 pixels are folded into channels (pixel unshuffle,
+  lossless) and PIP and MCM run from half resolution down, with one attention block, at H/8; c1, c2,
+  c3 come at H/2, H/4, H/8 to the transform layers that run there. Each feature reaches the codec
+  through a join: a convolution with the geometry of the layer it joins, added to that layer's output
+  and initialised to zero (``ZeroJoinedSequential``); the Hyper Refiner adds a correction whose last
+  layer starts at zero to the baseline's entropy parameters. The baseline's layers keep their names
+  and shapes, so a PC model loaded with a trained baseline's weights computes exactly that baseline
+  (x + 0 is x in IEEE arithmetic) until training moves the joins: ControlNet's "zero convolutions".
 """
 
 from __future__ import annotations
@@ -11,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from compressai.layers import AttentionBlock, ResidualBlock, conv3x3
 from torch import Tensor, nn
 
@@ -23,6 +38,8 @@ __all__ = [
     "HyperRefiner",
     "PointCloudBranch",
     "ConditionedSequential",
+    "ZeroJoinedSequential",
+    "LAYOUTS",
     "ablation_config",
 ]
 
@@ -45,6 +62,10 @@ class PointCloudConfig:
     """
 
     pip: bool = True
+    #: "paper": the paper's branch at full resolution, its features concatenated into the transforms.
+    #: "lean": the branch from half resolution down, its features added to the baseline's layers
+    #: through zero-initialised joins and a residual Hyper Refiner (see ``LEAN_LAYOUT_NOTES``).
+    layout: str = "paper"
     fg_analysis: bool = True
     fg_synthesis: bool = True
     ff: bool = True
@@ -54,6 +75,14 @@ class PointCloudConfig:
     hyper_channels: int = 64
     pip_channels: int = 16
     depth_levels: int = 255
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown point-cloud layout '{self.layout}'; choose from {', '.join(LAYOUTS)}")
+
+    @property
+    def lean(self) -> bool:
+        return self.layout == "lean"
 
     @property
     def scan_at_encoder(self) -> bool:
@@ -68,6 +97,9 @@ class PointCloudConfig:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+
+#: The branch's layouts (see the module docstring).
+LAYOUTS = ("paper", "lean")
 
 #: The paper's ablations (Tables II-IV) as presets, applied to the full branch with ``replace``.
 ABLATIONS: dict[str, dict[str, bool]] = {
@@ -159,25 +191,75 @@ class HyperRefiner(nn.Module):
     on) to the entropy parameters that replace the hyper-synthesis output. ``final`` keeps the range of
     the parameters it replaces (e.g. a ReLU for scales)."""
 
-    def __init__(self, hyper_out: int, condition_channels: int, final: nn.Module | None = None) -> None:
+    def __init__(
+        self, hyper_out: int, condition_channels: int, final: nn.Module | None = None, residual: bool = False
+    ) -> None:
         super().__init__()
         in_ch = hyper_out + condition_channels
+        last = conv3x3(hyper_out, hyper_out)
+        if residual:
+            # A correction of the baseline's parameters that starts at none (the lean layout's warm start).
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.layers = nn.Sequential(
             conv3x3(in_ch, hyper_out),
             nn.LeakyReLU(inplace=True),
             conv3x3(hyper_out, hyper_out),
             nn.LeakyReLU(inplace=True),
-            conv3x3(hyper_out, hyper_out),
+            last,
             final if final is not None else nn.Identity(),
         )
         self.condition_channels = condition_channels
+        self.residual = residual
 
     def forward(self, hyper_out: Tensor, c_hyper: Tensor | None) -> Tensor:
+        inputs = hyper_out
         if self.condition_channels:
             if c_hyper is None:
                 raise ValueError("this Hyper Refiner was built with FF and needs c_hyper")
-            hyper_out = torch.cat([hyper_out, c_hyper], dim=1)
-        return self.layers(hyper_out)
+            inputs = torch.cat([hyper_out, c_hyper], dim=1)
+        refined = self.layers(inputs)
+        return hyper_out + refined if self.residual else refined
+
+
+class LeanPointToImagePrediction(nn.Module):
+    """PIP of the lean layout: on the folded depth map (4 channels at H/2) to the folded c_pre (3 x 4
+    channels at H/2; ``pixel_shuffle`` unfolds it to RGB at H)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            conv3x3(4, channels), ResidualBlock(channels, channels), conv3x3(channels, 3 * 4)
+        )
+
+    def forward(self, folded: Tensor) -> Tensor:
+        return self.layers(folded)
+
+
+class LeanContextMining(nn.Module):
+    """MCM of the lean layout: c1 (H/2), c2 (H/4), c3 (H/8) with C channels; FF fuses them to c_hyper
+    (H/16, C' channels). Residual blocks throughout, one attention block, at H/8."""
+
+    def __init__(self, in_channels: int, channels: int, hyper_channels: int) -> None:
+        super().__init__()
+        self.extract1 = nn.Sequential(conv3x3(in_channels, channels), ResidualBlock(channels, channels))
+        self.extract2 = _fusion_layer(channels, channels, stride=2)
+        self.extract3 = nn.Sequential(
+            conv3x3(channels, channels, stride=2), ResidualBlock(channels, channels), AttentionBlock(channels)
+        )
+        self.fuse1 = conv3x3(channels, channels, stride=2)  # c1 (H/2) -> H/4
+        self.fuse2 = _fusion_layer(2 * channels, channels, stride=2)  # [., c2] (H/4) -> H/8
+        self.fuse3 = _fusion_layer(2 * channels, hyper_channels, stride=2)  # [., c3] (H/8) -> H/16
+
+    def generate(self, folded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        c1 = self.extract1(folded)
+        c2 = self.extract2(c1)
+        c3 = self.extract3(c2)
+        return c1, c2, c3
+
+    def fuse(self, c1: Tensor, c2: Tensor, c3: Tensor) -> Tensor:
+        fused = self.fuse2(torch.cat([self.fuse1(c1), c2], dim=1))
+        return self.fuse3(torch.cat([fused, c3], dim=1))
 
 
 class PointCloudBranch(nn.Module):
@@ -186,21 +268,75 @@ class PointCloudBranch(nn.Module):
     def __init__(self, config: PointCloudConfig) -> None:
         super().__init__()
         self.config = config
-        self.pip = PointToImagePrediction(config.pip_channels) if config.pip else None
-        self.mcm = MultiScaleContextMining(3 if config.pip else 1, config.channels, config.hyper_channels)
+        if config.lean:
+            self.pip = LeanPointToImagePrediction(config.pip_channels) if config.pip else None
+            self.mcm = LeanContextMining(12 if config.pip else 4, config.channels, config.hyper_channels)
+        else:
+            self.pip = PointToImagePrediction(config.pip_channels) if config.pip else None
+            self.mcm = MultiScaleContextMining(3 if config.pip else 1, config.channels, config.hyper_channels)
 
     def forward(self, c_proj: Tensor, need_scales: bool = True, need_hyper: bool = True) -> PointCloudFeatures:
         """Run the parts of the branch a side needs: ``need_scales`` for c1..c3 in a transform,
         ``need_hyper`` for c_hyper (only when the configuration has FF)."""
         if self.config.zeros_input:
             c_proj = torch.zeros_like(c_proj)
-        c_pre = self.pip(c_proj) if self.pip is not None else None
+        depth = F.pixel_unshuffle(c_proj, 2) if self.config.lean else c_proj
+        predicted = self.pip(depth) if self.pip is not None else None
+        # The lean PIP predicts c_pre folded: L_pre compares it unfolded, with the image.
+        c_pre = F.pixel_shuffle(predicted, 2) if predicted is not None and self.config.lean else predicted
         need_hyper = need_hyper and self.config.ff
         if not (need_scales or need_hyper):
             return PointCloudFeatures(c_pre, None, None, None, None)
-        c1, c2, c3 = self.mcm.generate(c_pre if c_pre is not None else c_proj)
+        c1, c2, c3 = self.mcm.generate(predicted if predicted is not None else depth)
         c_hyper = self.mcm.fuse(c1, c2, c3) if need_hyper else None
         return PointCloudFeatures(c_pre, c1, c2, c3, c_hyper)
+
+
+def _zero_join(layer: nn.Module, channels: int) -> nn.Module:
+    """A convolution of ``channels`` feature channels with the geometry of ``layer`` (kernel, stride,
+    padding, transposed or not), no bias, all zeros: its output adds to the layer's."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        geometry = (layer.kernel_size, layer.stride, layer.padding, layer.output_padding)
+        join = nn.ConvTranspose2d(channels, layer.out_channels, *geometry, bias=False)
+    elif isinstance(layer, nn.Conv2d):
+        join = nn.Conv2d(channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, bias=False)
+    else:
+        raise TypeError(f"a feature joins a convolution, not a {type(layer).__name__}")
+    nn.init.zeros_(join.weight)
+    return join
+
+
+class ZeroJoinedSequential(nn.Module):
+    """A transform (g_a or g_s) of the lean layout: the baseline's layers, unchanged, and for each slot
+    a zero-initialised join that adds a convolution of c_{k+1} to that layer's output.
+
+    ``slots[i]`` is None for a plain layer, or k in {0, 1, 2}: layer i's output gets join(c_{k+1}),
+    c_{k+1} having the resolution of the layer's input. Without features (a model whose point cloud
+    is off on this side) it is exactly the baseline's transform.
+    """
+
+    def __init__(self, layers: list[nn.Module], slots: list[int | None], channels: int) -> None:
+        super().__init__()
+        if len(layers) != len(slots):
+            raise ValueError("one slot per layer")
+        self.layers = nn.ModuleList(layers)
+        self.slots = list(slots)
+        joined = [(i, layer) for i, (layer, slot) in enumerate(zip(layers, slots, strict=True)) if slot is not None]
+        self.joins = nn.ModuleDict({str(i): _zero_join(layer, channels) for i, layer in joined})
+
+    @property
+    def conditioned(self) -> bool:
+        return bool(self.joins)
+
+    def forward(self, x: Tensor, features: PointCloudFeatures | None = None) -> Tensor:
+        for i, (layer, slot) in enumerate(zip(self.layers, self.slots, strict=True)):
+            out = layer(x)
+            if slot is not None:
+                if features is None:
+                    raise ValueError("this transform is conditioned on the point cloud and needs c1, c2, c3")
+                out = out + self.joins[str(i)]((features.c1, features.c2, features.c3)[slot])
+            x = out
+        return x
 
 
 class ConditionedSequential(nn.Module):

@@ -339,10 +339,19 @@ def _agree(flag: bool, world_size: int, device: torch.device) -> bool:
 _CODER_TABLES = frozenset({"_quantized_cdf", "_offset", "_cdf_length", "scale_table"})
 
 
+def _initialised_by_the_model(name: str) -> bool:
+    return (
+        name.startswith(("gain_units.", "branch.", "refiner."))
+        or ".joins." in name
+        or name.rsplit(".", 1)[-1] in _CODER_TABLES
+    )
+
+
 def _load_initial_weights(model: PointCloudCompressionModel, path: Path) -> None:
-    """Start from a checkpoint's weights; only parameters the checkpoint's model lacks (a variable-rate
-    model's gain units, started from a single-rate checkpoint) keep their initial values. The entropy
-    coder's tables are left out: they are rebuilt from the trained weights at every export."""
+    """Start from a checkpoint's weights. Only what the checkpoint's model may lack keeps its initial
+    values: a variable-rate model's gain units (from a single-rate checkpoint), and a lean point-cloud
+    model's branch, joins and Hyper Refiner (from its baseline's checkpoint: the warm start). The
+    entropy coder's tables are left out: they are rebuilt from the trained weights at every export."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     weights = {
         name: tensor
@@ -354,7 +363,7 @@ def _load_initial_weights(model: PointCloudCompressionModel, path: Path) -> None
         missing, unexpected = torch.nn.Module.load_state_dict(model, weights, strict=False)
     except RuntimeError as error:  # a tensor of another shape
         raise ValueError(f"{path} does not fit {type(model).__name__}: {error}") from None
-    allowed = {name for name in missing if name.startswith("gain_units.") or name.rsplit(".", 1)[-1] in _CODER_TABLES}
+    allowed = {name for name in missing if _initialised_by_the_model(name)}
     if unexpected or set(missing) - allowed:
         raise ValueError(
             f"{path} does not fit {type(model).__name__}: missing {sorted(set(missing) - allowed)}, "

@@ -86,6 +86,15 @@ _register_with_point_cloud("hyper", ScaleHyperprior, "HYPER")
 register_model(
     ModelSpec("hyper-vr", ScaleHyperprior, {"variable_rate": True}, "HYPER with gain units: any quality in 0..5")
 )
+# Its point-cloud model: the lean branch, warm-started from hyper-vr (pcic_ros.pointcloud, "lean").
+register_model(
+    ModelSpec(
+        "hyper-pc-vr",
+        ScaleHyperprior,
+        {"variable_rate": True, "point_cloud": PointCloudConfig(layout="lean")},
+        "HYPER-PC, lean branch joined to hyper-vr's layers: any quality in 0..5",
+    )
+)
 register_model(ModelSpec("elic", Elic, {}, "He 2022 ELIC: uneven channel groups, checkerboard context (ELIC)"))
 _register_with_point_cloud("elic", Elic, "ELIC")
 # ELIC(PA): ELIC widened until it has as many parameters as ELIC-PC (N = 112: 0.6% fewer), the latent

@@ -12,6 +12,7 @@ from conftest import DATA, LAYOUT_FRAMES, crop_frame, pcic
 from pcic_ros.bitstream import stored_quality
 from pcic_ros.codec import Codec
 from pcic_ros.models.gain import QUALITY_RANGE, GainUnits, QualityError, check_quality, quality_lambda
+from pcic_ros.projection import equalize_depth, project_points
 from pcic_ros.training import _load_initial_weights, code_image, export_checkpoint
 from pcic_ros.zoo import QUALITY_LAMBDAS, checkpoint_path, create_model
 
@@ -113,3 +114,25 @@ def test_cli_codes_a_real_quality_and_refuses_one_outside_the_range(tmp_path, wa
     refused = pcic("encode", image, "-o", str(tmp_path / "g.pcic"), "--quality", "5.5", *args)
     assert refused.returncode == 2 and "outside the range" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "g.pcic").exists()
+
+
+def test_a_warm_started_point_cloud_model_codes_exactly_as_its_baseline(warm_started_file):
+    """hyper-pc-vr loaded with hyper-vr's weights: at step 0 its joins and refiner add exact zeros, so
+    the y and z strings and the reconstruction are the baseline's, byte for byte, at any quality."""
+    baseline = create_model("hyper-vr", checkpoint=warm_started_file)
+    model = create_model("hyper-pc-vr", pretrained=False)
+    _load_initial_weights(model, warm_started_file)
+    model.update(force=True)
+    image, scan, calibration = crop_frame("kitti_raw", 128, 256)
+    equalized = equalize_depth(project_points(scan, calibration, *image.shape[:2]))
+    assert equalized.any()
+    for quality in (0.5, 2.5, 4.2):
+        assert code_image(model, image, equalized, quality)[0] == code_image(baseline, image, None, quality)[0]
+        pc_strings = model.compress(_tensor(image), _c_proj(equalized), quality=quality)["strings"]
+        assert pc_strings == baseline.compress(_tensor(image), quality=quality)["strings"]
+        decoded = code_image(model, image, equalized, quality)[1]
+        assert np.array_equal(decoded, code_image(baseline, image, None, quality)[1])
+
+
+def _c_proj(equalized):
+    return torch.from_numpy(equalized).float().div(255.0)[None, None]

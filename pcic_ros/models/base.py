@@ -35,13 +35,15 @@ class PointCloudCompressionModel(CompressionModel):
             return 0, 0
         return (pc.channels if pc.fg_analysis else 0), (pc.channels if pc.fg_synthesis else 0)
 
-    def hyper_refiner(self, hyper_out: int, final: nn.Module | None = None) -> HyperRefiner | None:
+    def hyper_refiner(
+        self, hyper_out: int, final: nn.Module | None = None, residual: bool = False
+    ) -> HyperRefiner | None:
         """The Hyper Refiner over ``hyper_out`` channels of hyper-synthesis output (taking c_hyper when
-        FF is on), or None without a point-cloud branch."""
+        FF is on; ``residual``: correcting them), or None without a point-cloud branch."""
         pc = self.point_cloud
         if pc is None:
             return None
-        return HyperRefiner(hyper_out, pc.hyper_channels if pc.ff else 0, final)
+        return HyperRefiner(hyper_out, pc.hyper_channels if pc.ff else 0, final, residual)
 
     @property
     def scan_at_encoder(self) -> bool:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from pcic_ros.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import PointCloudCompressionModel
 from pcic_ros.models.gain import GainUnits, quality_tensor
-from pcic_ros.pointcloud import ConditionedSequential, PointCloudConfig, PointCloudFeatures
+from pcic_ros.pointcloud import ConditionedSequential, PointCloudConfig, PointCloudFeatures, ZeroJoinedSequential
 
 __all__ = ["ScaleHyperprior"]
 
@@ -37,9 +37,42 @@ class ScaleHyperprior(PointCloudCompressionModel):
         variable_rate: bool = False,
     ) -> None:
         super().__init__(point_cloud)
+        if point_cloud is not None and point_cloud.lean:
+            self._build_lean_transforms(N, M, point_cloud)
+        else:
+            self._build_transforms(N, M)
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3),
+            nn.ReLU(inplace=True),
+            conv(N, N),
+            nn.ReLU(inplace=True),
+            conv(N, N),
+        )
+        self.h_s = nn.Sequential(
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            conv(N, M, stride=1, kernel_size=3),
+            nn.ReLU(inplace=True),
+        )
+        lean = point_cloud is not None and point_cloud.lean
+        # The paper's refiner replaces the scales (a ReLU keeps them positive); the lean one corrects
+        # them, and the Gaussian conditional's lower bound keeps the sum positive.
+        self.refiner = self.hyper_refiner(M, final=None if lean else nn.ReLU(inplace=True), residual=lean)
+        # The scales pick the CDF tables: the same bits on every machine (pcic_ros.fixed_point).
+        compute_in_fixed_point(self.h_s)
+        if self.refiner is not None:
+            compute_in_fixed_point(self.refiner)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        self.gain_units = GainUnits(M) if variable_rate else None
+        self.N, self.M = int(N), int(M)
+
+    def _build_transforms(self, N: int, M: int) -> None:
+        """HYPER's transforms, or the paper layout's: c1..c3 concatenated to the layers at their scales."""
         ca, cs = self.transform_channels()
         fg_a, fg_s = ca > 0, cs > 0
-
         self.g_a = ConditionedSequential(
             [conv(3 + ca, N), GDN(N), conv(N + ca, N), GDN(N), conv(N + ca, N), GDN(N), conv(N, M)],
             [0, None, 1, None, 2, None, None] if fg_a else [None] * 7,
@@ -60,42 +93,20 @@ class ScaleHyperprior(PointCloudCompressionModel):
                 [None, None, None, None, 2, None, 1, None, 0],
             )
         else:
-            self.g_s = ConditionedSequential(
-                [
-                    deconv(M, N),
-                    GDN(N, inverse=True),
-                    deconv(N, N),
-                    GDN(N, inverse=True),
-                    deconv(N, N),
-                    GDN(N, inverse=True),
-                    deconv(N, 3),
-                ],
-                [None] * 7,
-            )
-        self.h_a = nn.Sequential(
-            conv(M, N, stride=1, kernel_size=3),
-            nn.ReLU(inplace=True),
-            conv(N, N),
-            nn.ReLU(inplace=True),
-            conv(N, N),
+            self.g_s = ConditionedSequential(_synthesis_layers(N, M), [None] * 7)
+
+    def _build_lean_transforms(self, N: int, M: int, point_cloud: PointCloudConfig) -> None:
+        """The lean layout: HYPER's own layers, c1 (H/2), c2 (H/4), c3 (H/8) joined to the layers
+        whose input has their resolution."""
+        analysis = [conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)]
+        self.g_a = ZeroJoinedSequential(
+            analysis, [None, None, 0, None, 1, None, 2] if point_cloud.fg_analysis else [None] * 7, point_cloud.channels
         )
-        self.h_s = nn.Sequential(
-            deconv(N, N),
-            nn.ReLU(inplace=True),
-            deconv(N, N),
-            nn.ReLU(inplace=True),
-            conv(N, M, stride=1, kernel_size=3),
-            nn.ReLU(inplace=True),
+        self.g_s = ZeroJoinedSequential(
+            _synthesis_layers(N, M),
+            [None, None, 2, None, 1, None, 0] if point_cloud.fg_synthesis else [None] * 7,
+            point_cloud.channels,
         )
-        self.refiner = self.hyper_refiner(M, final=nn.ReLU(inplace=True))
-        # The scales pick the CDF tables: the same bits on every machine (pcic_ros.fixed_point).
-        compute_in_fixed_point(self.h_s)
-        if self.refiner is not None:
-            compute_in_fixed_point(self.refiner)
-        self.entropy_bottleneck = EntropyBottleneck(N)
-        self.gaussian_conditional = GaussianConditional(None)
-        self.gain_units = GainUnits(M) if variable_rate else None
-        self.N, self.M = int(N), int(M)
 
     @property
     def variable_rate(self) -> bool:
@@ -172,3 +183,16 @@ class ScaleHyperprior(PointCloudCompressionModel):
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
         inverse_gain = self._gained(y_hat, quality)[1]
         return {"x_hat": self.g_s(self._ungained(y_hat, inverse_gain), features).clamp_(0, 1)}
+
+
+def _synthesis_layers(N: int, M: int) -> list[nn.Module]:
+    """HYPER's synthesis transform (CompressAI's bmshj2018-hyperprior)."""
+    return [
+        deconv(M, N),
+        GDN(N, inverse=True),
+        deconv(N, N),
+        GDN(N, inverse=True),
+        deconv(N, N),
+        GDN(N, inverse=True),
+        deconv(N, 3),
+    ]
