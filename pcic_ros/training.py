@@ -42,6 +42,7 @@ import yaml
 from compressai.losses import RateDistortionLoss
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from pcic_ros.datasets import DataError, discover_frames
@@ -262,20 +263,25 @@ class _Validation:
             equalized = equalize_depth(project_points(frame.scan(), calibration, height, width), levels)
             self.items.append((np.ascontiguousarray(image[top : top + height, left : left + width]), equalized))
 
-    def run(self, model: PointCloudCompressionModel, qualities: Sequence[float | None] = (None,)) -> list[dict]:
-        """Mean bpp and PSNR of the frames at each quality (None: a single-rate model's own)."""
+    def run(
+        self, model: PointCloudCompressionModel, qualities: Sequence[float | None] = (None,)
+    ) -> tuple[list[dict], list[np.ndarray]]:
+        """Mean bpp and PSNR of the frames at each quality (None: a single-rate model's own), and the
+        first frame as decoded at each quality."""
         model = copy.deepcopy(model).eval()
         model.update(force=True)
-        rows = []
+        rows, first_frames = [], []
         for quality in qualities:
             bpps, psnrs = [], []
-            for image, equalized in self.items:
+            for index, (image, equalized) in enumerate(self.items):
                 num_bytes, decoded = code_image(model, image, equalized, quality)
                 bpps.append(8.0 * num_bytes / (image.shape[0] * image.shape[1]))
                 psnrs.append(psnr(image, decoded))
+                if index == 0:
+                    first_frames.append(decoded)
             row = {} if quality is None else {"quality": quality}
             rows.append({**row, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))})
-        return rows
+        return rows, first_frames
 
 
 #: Where a variable-rate model is validated: every anchor of its gain units.
@@ -503,16 +509,21 @@ def train(
         nonlocal last_validation
         if validation is None:
             return
-        rows = validation.run(model, VALIDATION_QUALITIES if config.variable_rate else (None,))
-        for row in rows:
+        rows, first_frames = validation.run(model, VALIDATION_QUALITIES if config.variable_rate else (None,))
+        for row, decoded in zip(rows, first_frames, strict=True):
             _append_csv(output / "validation_log.csv", {"step": step, **row})
+            suffix = f"_q{row['quality']:g}" if "quality" in row else ""
+            board.add_scalar(f"validation/bpp{suffix}", row["bpp"], step)
+            board.add_scalar(f"validation/psnr{suffix}", row["psnr"], step)
+            board.add_image(f"validation/decoded{suffix}", decoded, step, dataformats="HWC")
         last_validation = {key: float(np.mean([row[key] for row in rows])) for key in ("bpp", "psnr")}
         if config.variable_rate:
             last_validation["by_quality"] = rows
 
-    bar = tqdm(
-        total=config.steps, initial=start, desc=f"{config.model} q{config.quality}", disable=rank != 0 or not progress
-    )
+    # Event files beside the CSV logs; a resumed run first drops the events logged after its checkpoint.
+    board = SummaryWriter(output / "tensorboard", purge_step=start + 1 if resume else None) if rank == 0 else None
+    rate = "variable rate" if config.variable_rate else f"q{config.quality}"
+    bar = tqdm(total=config.steps, initial=start, desc=f"{config.model} {rate}", disable=rank != 0 or not progress)
     tick = time.perf_counter()
     skipped = 0  # steps whose gradient was not finite, left out instead of spoiling the weights
     for step, batch in enumerate(loader, start=start):
@@ -568,6 +579,9 @@ def train(
             }
             tick = now
             _append_csv(output / "train_log.csv", row)
+            for name, value in row.items():
+                if name != "step":
+                    board.add_scalar(f"train/{name}", value, done)
             bar.set_postfix(loss=f"{row['loss']:.3f}", bpp=f"{row['bpp']:.3f}")
         if rank == 0 and (done % config.validate_every == 0 or done == config.steps):
             validate(done)
@@ -577,6 +591,8 @@ def train(
         if out_of_time:
             break
     bar.close()
+    if board is not None:
+        board.close()
     if rank == 0 and install:
         shutil.copyfile(output / "model.pt", checkpoint_path(config.model, config.quality))
     if world_size > 1:

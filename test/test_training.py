@@ -16,6 +16,7 @@ import torch
 import yaml
 from compressai.losses import RateDistortionLoss
 from conftest import DATA, REPO, crop_frame
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pcic_ros.codec import Codec
 from pcic_ros.datasets import discover_frames
@@ -175,6 +176,12 @@ def test_variable_rate_run_stopped_by_its_time_limit_resumes_exactly(tmp_path, c
         assert rows == [
             {k: v for k, v in row.items() if k != "steps_per_s"} for row in read_log(tmp_path / "interrupted" / log)
         ]
+    # TensorBoard holds what the CSV holds; the resumed run dropped the events after its checkpoint.
+    for run in ("straight", "interrupted"):
+        events = EventAccumulator(str(tmp_path / run / "tensorboard"), size_guidance={"images": 0}).Reload()
+        assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3], run
+        assert [event.step for event in events.Scalars("validation/psnr_q2")] == [3]
+        assert len(events.Images("validation/decoded_q5")) == 1
     validation = read_log(tmp_path / "straight" / "validation_log.csv")
     assert [float(row["quality"]) for row in validation] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     bpps = [float(row["bpp"]) for row in validation]
