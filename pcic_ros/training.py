@@ -65,12 +65,18 @@ from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path, create_model,
 
 __all__ = [
     "TrainConfig",
+    "PRECISIONS",
+    "VALIDATION_QUALITIES",
     "alpha_at",
     "export_checkpoint",
     "code_image",
     "train",
     "add_parser",
 ]
+
+
+#: Training precisions: autocast dtype of the forward pass (None: none).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -92,6 +98,9 @@ class TrainConfig:
     crop_size: int = 256
     #: Global batch: split evenly over the processes of a distributed run.
     batch_size: int = 8
+    #: "fp32", or "bf16": the forward pass under bfloat16 autocast, the loss in float32 (for GPUs; on
+    #: this project's 2-core CPU, which has no AVX-512, it was 28x slower: docs/training.md).
+    precision: str = "fp32"
     steps: int = 1_000_000
     learning_rate: float = 1e-4
     #: [fraction of the run, factor]: the learning rate is multiplied by factor from that point on.
@@ -123,6 +132,8 @@ class TrainConfig:
         for name in ("crop_size", "batch_size", "steps", "log_every", "validate_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         fractions = [float(until) for until, _ in self.alpha_schedule]
         if not fractions or fractions != sorted(fractions) or fractions[-1] < 1.0:
             raise ValueError("alpha_schedule must be [until_fraction, alpha] pairs in order, the last reaching 1.0")
@@ -332,6 +343,15 @@ def _truncate_csv(path: Path, last_step: int) -> None:
         writer.writerows(row for row in rows if int(row["step"]) <= last_step)
 
 
+def _as_float32(value: object) -> object:
+    """A model's output with every floating-point tensor in float32 (after an autocast forward)."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {key: _as_float32(item) for key, item in value.items()}
+    return value
+
+
 def _agree(flag: bool, world_size: int, device: torch.device) -> bool:
     """True on every rank when it is true on any (the ranks' clocks differ; they must stop together)."""
     if world_size == 1:
@@ -488,6 +508,7 @@ def train(
     validation = _Validation(config, split.validation, levels) if rank == 0 and split.validation else None
     criterion = None if config.variable_rate else RateDistortionLoss(lmbda=config.lagrangian)
     uses_scan = model.branch is not None
+    autocast_dtype = PRECISIONS[config.precision]
     last_validation: dict = {}
 
     def save(step: int) -> None:
@@ -530,12 +551,14 @@ def train(
         torch.manual_seed(_step_seed(config.seed, step, rank))
         x = batch["image"].to(device, non_blocking=True)
         c_proj = batch["c_proj"].to(device, non_blocking=True) if uses_scan else None
-        if config.variable_rate:
-            qualities = _sample_qualities(config.seed, step, rank, x.shape[0]).to(device)
-            out = network(x, c_proj, qualities)
+        qualities = _sample_qualities(config.seed, step, rank, x.shape[0]).to(device) if config.variable_rate else None
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            out = network(x, c_proj, qualities) if qualities is not None else network(x, c_proj)
+        if autocast_dtype is not None:
+            out = _as_float32(out)
+        if qualities is not None:
             terms = rate_distortion_loss(out, x, quality_lambda(qualities))
         else:
-            out = network(x, c_proj)
             terms = criterion(out, x)
         alpha = alpha_at(config.alpha_schedule, step, config.steps)
         loss = terms["loss"]
@@ -611,6 +634,9 @@ def _run(args: argparse.Namespace) -> int:
         "output": args.output,
         "seed": args.seed,
         "init_from": args.init_from,
+        "crop_size": args.crop_size,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
     }
     if args.resume:
         config = TrainConfig.from_yaml(Path(args.resume) / "config.yaml", steps=args.steps, device=args.device)
@@ -649,6 +675,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="stop with a checkpoint once this much time has passed (resume later with --resume)",
     )
     parser.add_argument("--init-from", metavar="CHECKPOINT", help="start from these weights; overrides the config")
+    parser.add_argument("--crop-size", type=int, help="overrides the config")
+    parser.add_argument("--batch-size", type=int, help="overrides the config")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), help="overrides the config")
     parser.add_argument("--output", help="run folder; overrides the config")
     parser.add_argument("--seed", type=int, help="overrides the config")
     parser.set_defaults(func=_run)

@@ -319,3 +319,22 @@ def test_shipped_checkpoints_load_by_name_with_stored_cdfs(name):
         assert stored["state_dict"]["g_a.layers.1.beta"].dtype == torch.float16
     # Both families together stay well under the 60 MB the issue allows (35 MB shipped).
     assert sizes < 21e6
+
+
+def test_gpu_campaign_script_trains_and_resumes_within_its_budget(tmp_path, cache_dir):
+    """scripts/train_gpu.sh with its GPU config (bfloat16 autocast included), at a tiny size on the CPU:
+    a first call trains, a second resumes the same run."""
+    run = tmp_path / "run"
+    tiny = ["--device", "cpu", "--crop-size", "64", "--batch-size", "2", "--data", str(DATA), "--cache", str(cache_dir)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    for until in (1, 2):
+        arguments = ["--until", str(until)] + (tiny if until == 1 else ["--device", "cpu"])
+        done = subprocess.run(
+            ["bash", str(REPO / "scripts" / "train_gpu.sh"), "10", str(run), *arguments],
+            capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert torch.load(run / "last.pt", weights_only=True)["step"] == until
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    assert config.precision == "bf16" and config.model == "hyper-vr" and config.crop_size == 64
+    assert (run / "model.pt").is_file()
