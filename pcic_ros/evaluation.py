@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from pcic_ros.anchors import ANCHORS, available_anchors, get_anchor
+from pcic_ros.bitstream import stored_quality
 from pcic_ros.codec import Codec
 from pcic_ros.datasets import DataError, Frame, discover_frames
 from pcic_ros.metrics import BD_INTERPOLATION, MS_SSIM_MIN_SIDE, bd_psnr, bd_rate, ms_ssim, psnr
@@ -101,7 +102,7 @@ def _measure(image: np.ndarray, decoded: np.ndarray) -> tuple[float | None, floa
 def evaluate(
     frames: Sequence[Frame],
     models: Sequence[str],
-    qualities: Sequence[int] = tuple(QUALITY_LAMBDAS),
+    qualities: Sequence[float] = tuple(QUALITY_LAMBDAS),
     anchors: Sequence[str] = (),
     crop: tuple[int, int] | None = PAPER_CROP,
     checkpoint_dir: str | Path | None = None,
@@ -111,20 +112,24 @@ def evaluate(
     """Code every frame with every model and quality and every anchor setting; returns the results
     dictionary that ``write_results`` stores (``meta``, ``records``, ``curves``; no BD table yet).
 
-    ``checkpoint_dir`` holds ``<model>-q<quality>.pt`` files; by default each model uses the registry's
-    shipped checkpoint, or its seeded untrained weights where none is shipped (``meta.weights`` says).
+    ``checkpoint_dir`` holds ``<model>-q<quality>.pt`` files (``<model>.pt`` for a variable-rate model);
+    by default each model uses the registry's shipped checkpoint, or its seeded untrained weights where
+    none is shipped (``meta.weights`` says).
     """
-    codecs: dict[tuple[str, int], Codec] = {}
+    codecs: dict[tuple[str, float], Codec] = {}
     weights: dict[str, str] = {}
     for name in models:
-        for quality in qualities:
-            path = Path(checkpoint_dir) / f"{name}-q{quality}.pt" if checkpoint_dir else checkpoint_path(name, quality)
+        # As a container stores it: 4.0 given on the command line names the checkpoint of q4.
+        for quality in map(stored_quality, qualities):
+            path = checkpoint_path(name, quality)
+            if checkpoint_dir:
+                path = Path(checkpoint_dir) / path.name
             if checkpoint_dir and not path.is_file():
                 raise FileNotFoundError(f"no checkpoint {path}")
             codecs[(name, quality)] = Codec(
                 name, quality, device=device, checkpoint=str(path) if checkpoint_dir else None
             )
-            weights[f"{name}-q{quality}"] = str(path) if path.is_file() else "untrained (seeded initialisation)"
+            weights[f"{name}-q{quality:g}"] = str(path) if path.is_file() else "untrained (seeded initialisation)"
     anchor_codecs = [get_anchor(name) for name in anchors]
 
     records: list[dict] = []
@@ -175,7 +180,7 @@ def _record(
     base: dict,
     codec: str,
     kind: str,
-    quality: int,
+    quality: float,
     data: bytes,
     image: np.ndarray,
     decoded: np.ndarray,
@@ -407,7 +412,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="KITTI data folder")
     parser.add_argument("--model", nargs="+", default=["hyper-pc", "hyper"], choices=sorted(MODELS))
     parser.add_argument(
-        "--quality", nargs="+", type=int, default=sorted(QUALITY_LAMBDAS), choices=sorted(QUALITY_LAMBDAS)
+        "--quality",
+        nargs="+",
+        type=float,
+        default=sorted(QUALITY_LAMBDAS),
+        help="qualities of every model: 1..4 for single-rate ones, any of 0..5 for variable-rate ones",
     )
     parser.add_argument(
         "--anchor", nargs="*", choices=list(ANCHORS), help="classic codecs to sweep (default: every available one)"
@@ -421,7 +430,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--crop", type=parse_crop, default=PAPER_CROP, help="'paper' (1242x256, default), 'full' or WIDTHxHEIGHT"
     )
-    parser.add_argument("--checkpoint-dir", help="folder of <model>-q<quality>.pt (default: the shipped ones)")
+    parser.add_argument(
+        "--checkpoint-dir", help="folder of <model>-q<quality>.pt and <model>.pt (default: the shipped ones)"
+    )
     parser.add_argument("--device", default="cpu", help="device of the learned models (default: cpu)")
     parser.add_argument("--output", default="out/eval", help="folder for results.json, results.csv and rd.png")
     parser.set_defaults(func=_run_eval)

@@ -11,6 +11,8 @@ from conftest import DATA, LAYOUT_FRAMES, crop_frame, pcic
 
 from pcic_ros.bitstream import stored_quality
 from pcic_ros.codec import Codec
+from pcic_ros.datasets import discover_frames
+from pcic_ros.evaluation import evaluate
 from pcic_ros.models.gain import QUALITY_RANGE, GainUnits, QualityError, check_quality, quality_lambda
 from pcic_ros.projection import equalize_depth, project_points
 from pcic_ros.training import _load_initial_weights, code_image, export_checkpoint
@@ -136,3 +138,13 @@ def test_a_warm_started_point_cloud_model_codes_exactly_as_its_baseline(warm_sta
 
 def _c_proj(equalized):
     return torch.from_numpy(equalized).float().div(255.0)[None, None]
+
+
+def test_eval_codes_a_variable_rate_model_at_real_qualities_from_its_one_checkpoint(tmp_path, warm_started_file):
+    (tmp_path / "hyper-vr.pt").write_bytes(warm_started_file.read_bytes())
+    frame = discover_frames(DATA / "kitti_object")[0]
+    results = evaluate([frame], ["hyper-vr"], [1.5, 3.0, 4.5], crop=(64, 256), checkpoint_dir=tmp_path, progress=False)
+    records = results["records"]
+    assert [record["quality"] for record in records] == [1.5, 3, 4.5]
+    assert [record["bpp"] for record in records] == sorted(record["bpp"] for record in records)
+    assert set(results["meta"]["weights"].values()) == {str(tmp_path / "hyper-vr.pt")}
