@@ -15,8 +15,8 @@ setup(
     entry_points={
         "console_scripts": [
             "pcic = pcic_ros.cli:main",
-            "pcic_encoder_node = pcic_ros.encoder_node:main",
-            "pcic_decoder_node = pcic_ros.decoder_node:main",
+            "pcic_encoder_node = pcic_ros.ros.encoder_node:main",
+            "pcic_decoder_node = pcic_ros.ros.decoder_node:main",
         ]
     },
     license="Apache-2.0",

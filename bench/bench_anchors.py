@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pcic_ros.anchors import ANCHORS, available_anchors
-from pcic_ros.metrics import bits_per_pixel, psnr
+from pcic_ros.experiments.anchors import ANCHORS, available_anchors
+from pcic_ros.experiments.metrics import bits_per_pixel, psnr
 
 DEFAULT_DATA_DIR = Path(os.environ.get("PCIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 FRAME_GLOB = "kitti_object/training/image_2/*.png"

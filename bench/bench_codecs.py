@@ -10,7 +10,7 @@ floating-point forward as in training, and as the decoder runs it, in fixed poin
 encode and one decode, and encode and decode time relative to JPEG on the CPU. The scan's projection
 (``project_points`` + ``equalize_depth``, which ``Codec`` runs on both sides) is timed on its own, and
 the ``ros`` part runs bench_ros_pipeline.py (HYPER-PC through the encoder and decoder nodes). Models
-code real bitstreams through ``pcic_ros.codec.Codec``. Nothing is asserted; the numbers depend on the
+code real bitstreams through ``pcic_ros.codec.api.Codec``. Nothing is asserted; the numbers depend on the
 machine and its load.
 
     .venv/bin/python bench/bench_codecs.py [--frames 2] [--repeats 2] [--sizes kitti,waymo] [--threads N]
@@ -39,13 +39,13 @@ from compressai.zoo import bmshj2018_hyperprior
 from PIL import Image
 from tqdm import tqdm
 
-from pcic_ros.anchors import ANCHORS, available_anchors
-from pcic_ros.codec import Codec, depth_input
-from pcic_ros.datasets import Frame, discover_frames
-from pcic_ros.memory import return_freed_memory
-from pcic_ros.metrics import bits_per_pixel, psnr
-from pcic_ros.projection import Calibration, equalize_depth, project_points
-from pcic_ros.zoo import QUALITY_LAMBDAS, checkpoint_path, model_names
+from pcic_ros.codec.api import Codec, depth_input
+from pcic_ros.codec.projection import Calibration, equalize_depth, project_points
+from pcic_ros.codec.zoo import QUALITY_LAMBDAS, checkpoint_path, model_names
+from pcic_ros.experiments.anchors import ANCHORS, available_anchors
+from pcic_ros.experiments.datasets import Frame, discover_frames
+from pcic_ros.experiments.metrics import bits_per_pixel, psnr
+from pcic_ros.ros.memory import return_freed_memory
 
 #: Frame sizes by name, as (height, width).
 SIZES: dict[str, tuple[int, int]] = {"kitti": (375, 1242), "waymo": (1280, 1920)}
@@ -215,7 +215,7 @@ class ZooCodec:
     def run_branch(self, c_proj: torch.Tensor) -> None:
         """The PIP + MCM forward with every output (c_pre, c1..c3, c_hyper) in floating point, as in
         training (the paper's PC-time). Only in training mode: when coding the branch computes in fixed
-        point (``pcic_ros.fixed_point``), which ``run_decoder_branch`` times."""
+        point (``pcic_ros.codec.fixed_point``), which ``run_decoder_branch`` times."""
         branch = self.codec.model.branch
         branch.train()
         try:
@@ -257,7 +257,7 @@ class CompressAIModel:
 
 
 class AnchorCodec:
-    """A classic codec of ``pcic_ros.anchors`` at the mid-sweep quality ``bench_anchors`` uses."""
+    """A classic codec of ``pcic_ros.experiments.anchors`` at the mid-sweep quality ``bench_anchors`` uses."""
 
     params = branch_params = None
     device = torch.device("cpu")

@@ -1,6 +1,6 @@
 """End-to-end latency and throughput of the ROS pipeline: camera stamp to decoded image, on one machine.
 
-The encoder and decoder nodes (``pcic_ros.encoder_node``, ``pcic_ros.decoder_node``) run in their own
+The encoder and decoder nodes (``pcic_ros.ros.encoder_node``, ``pcic_ros.ros.decoder_node``) run in their own
 processes, started as the ROS tests start them (``test/ros_harness.py``), on ROS_DOMAIN_ID 90 with
 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and the project's Fast DDS profile (shared memory, UDP
 loopback). A feeder node publishes a KITTI raw drive (Image, CameraInfo, PointCloud2 and the static
@@ -33,8 +33,8 @@ from bench_anchors import DEFAULT_DATA_DIR
 from sensor_msgs.msg import Image
 from tqdm import tqdm
 
-from pcic_ros.datasets import discover_frames
-from pcic_ros.ros_conversions import stamp_to_ns
+from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.ros.conversions import stamp_to_ns
 
 # The feeder and the node processes are the ROS tests' own harness, so the bench runs what they check.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pcic_ros.codec import Codec
-from pcic_ros.datasets import discover_frames
-from pcic_ros.evaluation import pick_evenly
-from pcic_ros.training import TrainConfig, train
-from pcic_ros.training_data import PAPER_CROP, crop_box, crop_calibration, split_by_sequence
+from pcic_ros.codec.api import Codec
+from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.experiments.evaluation import pick_evenly
+from pcic_ros.experiments.training import TrainConfig, train
+from pcic_ros.experiments.training_data import PAPER_CROP, crop_box, crop_calibration, split_by_sequence
 
 DEFAULT_DATA = Path(os.environ.get("PCIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODELS = ("hyper-vr", "hyper-pc-vr")

@@ -8,7 +8,7 @@ Encodes frames in one process (``--encode-threads``, ``--encode-device``) and de
   pixels differ (the synthesis transform is floating point);
 - broken: garbage or an error: the decoder rebuilt other distributions than the encoder used.
 
-``--float-entropy-path`` measures the codec as it was before ``pcic_ros.fixed_point``: the modules
+``--float-entropy-path`` measures the codec as it was before ``pcic_ros.codec.fixed_point``: the modules
 that decide the distributions in floating point. The table also gives the mean bytes per frame and
 the mean encode and decode time, so that the two runs show the fixed-point path's cost in rate and
 time on the same frames.
@@ -33,16 +33,16 @@ DRIFT_PSNR_DB = 40.0
 
 
 def _frames(data_dir: Path, count: int) -> list:
-    from pcic_ros.datasets import discover_frames
-    from pcic_ros.evaluation import pick_evenly
+    from pcic_ros.experiments.datasets import discover_frames
+    from pcic_ros.experiments.evaluation import pick_evenly
 
     frames = discover_frames(data_dir)
     return frames if count == 0 else pick_evenly(frames, count)
 
 
 def _use_float_entropy_path() -> None:
-    # Measurement only: puts back the floating-point evaluation that pcic_ros.fixed_point replaced.
-    from pcic_ros import fixed_point
+    # Measurement only: puts back the floating-point evaluation that pcic_ros.codec.fixed_point replaced.
+    from pcic_ros.codec import fixed_point
 
     fixed_point.evaluate = lambda function, *inputs, **kwargs: function(*inputs, **kwargs)
 
@@ -57,7 +57,7 @@ def _worker(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.float_entropy_path:
         _use_float_entropy_path()
-    from pcic_ros.codec import Codec
+    from pcic_ros.codec.api import Codec
 
     work = Path(args.work)
     frames = _frames(Path(args.data_dir), args.frames)

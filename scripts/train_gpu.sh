@@ -15,9 +15,9 @@ config="$root/config/train/hyper-vr-gpu.yaml"
 
 cd "$root"
 if [ -f "$run/last.pt" ]; then
-  "$python" -m pcic_ros.training --resume "$run" --time-limit "$minutes" "$@"
+  "$python" -m pcic_ros.experiments.training --resume "$run" --time-limit "$minutes" "$@"
 else
-  "$python" -m pcic_ros.training --config "$config" --output "$run" --time-limit "$minutes" "$@"
+  "$python" -m pcic_ros.experiments.training --config "$config" --output "$run" --time-limit "$minutes" "$@"
 fi
 if [ -f "$run/validation_log.csv" ]; then
   tail -n 6 "$run/validation_log.csv"

@@ -46,7 +46,7 @@ def pcic(*args: str) -> subprocess.CompletedProcess:
 def load_layout_frame(layout: str):
     """(image, scan, calibration) of the layout's test frame."""
     from pcic_ros.cli import load_calibration
-    from pcic_ros.datasets import load_image, load_scan
+    from pcic_ros.experiments.datasets import load_image, load_scan
 
     image, scan, calib = LAYOUT_FRAMES[layout]
     return load_image(DATA / image), load_scan(DATA / scan), load_calibration(DATA / calib)
@@ -60,7 +60,7 @@ def layout_frame(request):
 def crop_frame(layout: str, height: int, width: int, top: int | None = None, left: int | None = None):
     """(image, scan, calibration) of a height x width crop of the layout's frame, by default at the
     bottom centre, where the LiDAR has points; cropping moves the principal point by the offset."""
-    from pcic_ros.projection import Calibration
+    from pcic_ros.codec.projection import Calibration
 
     image, scan, calib = load_layout_frame(layout)
     top = image.shape[0] - height - 30 if top is None else top
@@ -79,7 +79,7 @@ class Codecs(dict):
         self.quality = quality
 
     def __missing__(self, name: str):
-        from pcic_ros.codec import Codec
+        from pcic_ros.codec.api import Codec
 
         self[name] = Codec(name, quality=self.quality, device="cpu")
         return self[name]
@@ -99,7 +99,7 @@ ABLATION_SCAN_SIDES = {
 def assert_ablations_round_trip(codecs: Codecs, family: str, image, scan, calib, extra: dict | None = None) -> None:
     """Every ablation of ``family``-pc (and the ``extra`` models) round-trips bit-exactly, with the scan
     given to the decoder only where the ablation uses it there."""
-    from pcic_ros.bitstream import read_header
+    from pcic_ros.codec.bitstream import read_header
 
     expectations = {f"{family}-pc-{ablation}": sides for ablation, sides in ABLATION_SCAN_SIDES.items()}
     for name, (at_encoder, at_decoder) in (expectations | (extra or {})).items():

@@ -20,8 +20,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
-from pcic_ros.ros_conversions import ns_to_stamp, points_to_pointcloud2, rgb_to_image, stamp_to_ns
-from pcic_ros.tf_buffer import transform_from_matrix
+from pcic_ros.ros.conversions import ns_to_stamp, points_to_pointcloud2, rgb_to_image, stamp_to_ns
+from pcic_ros.ros.tf_buffer import transform_from_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "/pcic_test"
@@ -51,7 +51,7 @@ def ros_environment(domain_id: int, log_dir: Path) -> dict[str, str]:
 
 
 class NodeProcess:
-    """One node (``pcic_ros.encoder_node`` or ``pcic_ros.decoder_node``) in its own process."""
+    """One node (``pcic_ros.ros.encoder_node`` or ``pcic_ros.ros.decoder_node``) in its own process."""
 
     def __init__(
         self,
@@ -257,7 +257,7 @@ def start_encoder(
 ) -> NodeProcess:
     """An encoder process whose statistics go to 'encoder_statistics'."""
     return NodeProcess(
-        "pcic_ros.encoder_node", parameters, {"statistics": "encoder_statistics"}, env, log, parameter_files
+        "pcic_ros.ros.encoder_node", parameters, {"statistics": "encoder_statistics"}, env, log, parameter_files
     )
 
 
@@ -266,7 +266,7 @@ def start_decoder(
 ) -> NodeProcess:
     """A decoder process whose statistics go to 'decoder_statistics' and its images to 'decoded'."""
     return NodeProcess(
-        "pcic_ros.decoder_node",
+        "pcic_ros.ros.decoder_node",
         parameters,
         {"statistics": "decoder_statistics", "image": "decoded"},
         env,

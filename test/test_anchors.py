@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcic_ros.anchors import ANCHORS, AnchorUnavailableError, available_anchors, get_anchor
-from pcic_ros.metrics import bits_per_pixel, psnr
+from pcic_ros.experiments.anchors import ANCHORS, AnchorUnavailableError, available_anchors, get_anchor
+from pcic_ros.experiments.metrics import bits_per_pixel, psnr
 
 # KITTI raw's 1242 x 375 has an odd height, which the 4:2:0 codecs have to pad and crop back.
 FRAME = "kitti_raw/2011_09_26/2011_09_26_drive_sfnd_sync/image_02/data/0000000000.png"

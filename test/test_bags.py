@@ -7,9 +7,9 @@ import pytest
 from conftest import DATA
 from rosbags.rosbag2 import Reader
 
-from pcic_ros import bag_messages as bm
 from pcic_ros.bags import CAMERA_INFO_TOPIC, IMAGE_TOPIC, POINTS_TOPIC, TF_STATIC_TOPIC, from_kitti
-from pcic_ros.datasets import discover_frames
+from pcic_ros.bags import messages as bm
+from pcic_ros.experiments.datasets import discover_frames
 
 DRIVE = DATA / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_sfnd_sync"
 FIRST_FRAME = 10
@@ -145,7 +145,7 @@ def compressed_bag(kitti_bag, tmp_path_factory):
     (a decoded Image with the camera's stamp), which must not be taken for the original."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from pcic_ros.codec import Codec
+    from pcic_ros.codec.api import Codec
 
     messages = read_bag(kitti_bag)
     images = [m for t, _, m in messages if t == IMAGE_TOPIC]
@@ -190,7 +190,7 @@ def test_decode_pairs_scans_from_another_bag_and_reproduces_codec_decode(kitti_b
     from PIL import Image
 
     from pcic_ros.bags import decode
-    from pcic_ros.metrics import psnr
+    from pcic_ros.experiments.metrics import psnr
 
     path, frames = compressed_bag
     rows = decode(path, tmp_path, scans_bag=kitti_bag, device="cpu", progress=False)

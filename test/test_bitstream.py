@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from pcic_ros.bitstream import (
+from pcic_ros.codec.bitstream import (
     FORMAT_VERSION,
     MAGIC,
     BitstreamError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from conftest import DATA, LAYOUT_FRAMES, pcic
 
-from pcic_ros.datasets import load_image
+from pcic_ros.experiments.datasets import load_image
 
 IMAGE, SCAN, CALIB = (str(DATA / p) for p in LAYOUT_FRAMES["kitti_raw"])
 

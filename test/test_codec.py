@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import LAYOUT_FRAMES, REPO, Codecs, assert_ablations_round_trip, crop_frame, load_layout_frame
 
-from pcic_ros.bitstream import BitstreamError, FrameHeader, ScanMismatchError, pack, read_header, unpack
-from pcic_ros.codec import Codec, ScanError
-from pcic_ros.projection import Calibration, CalibrationError
+from pcic_ros.codec.api import Codec, ScanError
+from pcic_ros.codec.bitstream import BitstreamError, FrameHeader, ScanMismatchError, pack, read_header, unpack
+from pcic_ros.codec.projection import Calibration, CalibrationError
 
 MODELS = ("hyper", "hyper-pc")
 
@@ -67,7 +67,7 @@ def test_decoding_in_a_fresh_process_gives_the_same_image(encoded, tmp_path):
         import numpy as np
         sys.path.insert(0, {str(REPO / "test")!r})
         from conftest import load_layout_frame
-        from pcic_ros.codec import Codec
+        from pcic_ros.codec.api import Codec
         frames = json.loads(sys.argv[1])
         codec = Codec("hyper", 4, device="cpu")
         for path, (layout, name) in frames.items():

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import LAYOUT_FRAMES, REPO, Codecs, assert_ablations_round_trip, crop_frame, load_layout_frame
 
-from pcic_ros.bitstream import unpack
-from pcic_ros.codec import Codec
-from pcic_ros.pointcloud import ABLATIONS, PointCloudConfig
-from pcic_ros.zoo import create_model, model_names
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.bitstream import unpack
+from pcic_ros.codec.zoo import create_model, model_names
+from pcic_ros.models.pointcloud import ABLATIONS, PointCloudConfig
 
 MODELS = ("elic", "elic-pc")
 #: Crop size: neither side a multiple of 64, so every round trip also exercises padding.
@@ -46,7 +46,7 @@ def assert_decodes_in_a_fresh_process(frames: dict, decoder_model: str, crop: tu
         import numpy as np
         sys.path.insert(0, {str(REPO / "test")!r})
         from conftest import crop_frame
-        from pcic_ros.codec import Codec
+        from pcic_ros.codec.api import Codec
         codec = Codec({decoder_model!r}, 4, device="cpu")
         for path, layout in json.loads(sys.argv[1]).items():
             _, scan, calib = crop_frame(layout, {crop[0]}, {crop[1]})

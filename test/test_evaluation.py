@@ -10,11 +10,11 @@ import pytest
 from conftest import DATA
 from PIL import Image
 
-from pcic_ros.anchors import get_anchor
 from pcic_ros.cli import main
-from pcic_ros.codec import Codec
-from pcic_ros.datasets import discover_frames
-from pcic_ros.evaluation import (
+from pcic_ros.codec.api import Codec
+from pcic_ros.experiments.anchors import get_anchor
+from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.experiments.evaluation import (
     TABLE_END,
     TABLE_START,
     bd_table,
@@ -27,8 +27,8 @@ from pcic_ros.evaluation import (
     update_markdown,
     write_results,
 )
-from pcic_ros.metrics import psnr
-from pcic_ros.training_data import PAPER_CROP, crop_box, crop_calibration
+from pcic_ros.experiments.metrics import psnr
+from pcic_ros.experiments.training_data import PAPER_CROP, crop_box, crop_calibration
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from conftest import REPO, load_layout_frame
 from torch import nn
 from torch.nn import functional as F
 
-from pcic_ros import fixed_point
-from pcic_ros.fixed_point import FRACTION_BITS, FixedPointError, _banded_conv2d, _sigmoid_table, evaluate
-from pcic_ros.projection import equalize_depth, project_points
-from pcic_ros.zoo import create_model
+from pcic_ros.codec import fixed_point
+from pcic_ros.codec.fixed_point import FRACTION_BITS, FixedPointError, _banded_conv2d, _sigmoid_table, evaluate
+from pcic_ros.codec.projection import equalize_depth, project_points
+from pcic_ros.codec.zoo import create_model
 
 ONE = 2.0**FRACTION_BITS
 
@@ -127,8 +127,8 @@ def test_convolving_a_band_of_rows_at_a_time_gives_the_whole_frames_bits(
 EVALUATE_SCRIPT = """
 import sys, numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
-from pcic_ros.fixed_point import evaluate
-from pcic_ros.zoo import create_model
+from pcic_ros.codec.fixed_point import evaluate
+from pcic_ros.codec.zoo import create_model
 model = create_model("hyper-pc", 2)
 c_proj = torch.from_numpy(np.load(sys.argv[2]))
 z_hat = torch.from_numpy(np.load(sys.argv[3]))

@@ -33,7 +33,8 @@ from conftest import REPO, load_layout_frame
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from pcic_ros.bitstream import (
+from pcic_ros.codec.api import Codec, _ZeroPaddedDecoder
+from pcic_ros.codec.bitstream import (
     FORMAT_VERSION,
     MAGIC,
     MAX_PIXELS,
@@ -44,8 +45,7 @@ from pcic_ros.bitstream import (
     read_header,
     unpack,
 )
-from pcic_ros.codec import Codec, _ZeroPaddedDecoder
-from pcic_ros.projection import Calibration
+from pcic_ros.codec.projection import Calibration
 
 CORPUS = REPO / "test" / "fuzz_corpus"
 QUALITY = 1
@@ -573,7 +573,7 @@ def test_forged_strings_too_short_for_the_image_do_not_crash_the_decoder():
         """
         import sys
         import torch
-        from pcic_ros.codec import Codec
+        from pcic_ros.codec.api import Codec
         torch.set_num_threads(1)
         image = Codec("hyper", 1, device="cpu").decode(sys.stdin.buffer.read())
         print(image.shape, image.dtype)

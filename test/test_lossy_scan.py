@@ -1,4 +1,4 @@
-"""Draco round trips of a real scan of every layout (pcic_ros.lossy_scan), and a frame coded against the
+"""Draco round trips of a real scan of every layout (pcic_ros.experiments.lossy_scan), and a frame coded against the
 decoded scan on both sides."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 from conftest import LAYOUT_FRAMES, load_layout_frame
 from scipy.spatial import cKDTree
 
-from pcic_ros.bitstream import ScanMismatchError
-from pcic_ros.codec import Codec
-from pcic_ros.lossy_scan import (
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.bitstream import ScanMismatchError
+from pcic_ros.experiments.lossy_scan import (
     MAX_QUANTIZATION_BITS,
     ScanCompressionError,
     compress_scan,
@@ -18,7 +18,7 @@ from pcic_ros.lossy_scan import (
     quantization_error_bound,
     round_trip_scan,
 )
-from pcic_ros.training_data import crop_box, crop_calibration
+from pcic_ros.experiments.training_data import crop_box, crop_calibration
 
 BITS = (8, 10, 12, 14)
 

@@ -1,4 +1,4 @@
-"""pcic_ros.memory: freed heap pages go back to the kernel, where glibc would keep them resident."""
+"""pcic_ros.ros.memory: freed heap pages go back to the kernel, where glibc would keep them resident."""
 
 import platform
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 # the first is freed glibc serves the rest from its heap, and freeing every other one leaves holes
 # that cannot shrink the heap from its top.
 FRAGMENTED_HEAP = """
-from pcic_ros.memory import return_freed_memory
+from pcic_ros.ros.memory import return_freed_memory
 
 def resident_mib():
     for line in open("/proc/self/status"):

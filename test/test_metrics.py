@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pcic_ros.metrics import MS_SSIM_MIN_SIDE, bd_psnr, bd_rate, bits_per_pixel, ms_ssim, psnr
+from pcic_ros.experiments.metrics import MS_SSIM_MIN_SIDE, bd_psnr, bd_rate, bits_per_pixel, ms_ssim, psnr
 
 # A typical learned-codec RD curve: bpp and PSNR in dB, low to high rate.
 RATES = [0.12, 0.25, 0.45, 0.8, 1.3]

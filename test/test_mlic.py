@@ -17,11 +17,11 @@ from test_elic import (
     shapes,
 )
 
-from pcic_ros.codec import Codec
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.zoo import create_model, model_names
 from pcic_ros.models import Elic
 from pcic_ros.models.mlic import checkerboard_anchors
-from pcic_ros.pointcloud import ABLATIONS
-from pcic_ros.zoo import create_model, model_names
+from pcic_ros.models.pointcloud import ABLATIONS
 
 MODELS = ("mlic", "mlic-pc")
 #: Crop size: neither side a multiple of 64, so every round trip also exercises padding; y is 4 x 8.

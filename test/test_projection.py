@@ -7,7 +7,7 @@ import pytest
 from conftest import DATA, LAYOUT_FRAMES, load_layout_frame
 
 from pcic_ros.cli import load_calibration
-from pcic_ros.projection import (
+from pcic_ros.codec.projection import (
     Calibration,
     CalibrationError,
     depth_fingerprint,

@@ -10,9 +10,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from test_ros_nodes import FRAME_PERIOD_NS, START_NS, kitti_frames, offline_calibration
 
-from pcic_ros.bitstream import pack, unpack
-from pcic_ros.codec import Codec
-from pcic_ros.ros_conversions import ns_to_stamp, points_to_pointcloud2, stamp_to_ns
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.bitstream import pack, unpack
+from pcic_ros.ros.conversions import ns_to_stamp, points_to_pointcloud2, stamp_to_ns
 
 pytestmark = pytest.mark.slow
 

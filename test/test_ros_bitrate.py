@@ -8,8 +8,8 @@ from ros_harness import RosBench, ros_environment, start_pair
 from test_ros_bad_input import describe, half_size
 from test_ros_nodes import FRAME_PERIOD_NS, START_NS, kitti_frames
 
-from pcic_ros.codec import Codec
-from pcic_ros.ros_conversions import stamp_to_ns
+from pcic_ros.codec.api import Codec
+from pcic_ros.ros.conversions import stamp_to_ns
 
 pytestmark = pytest.mark.slow
 

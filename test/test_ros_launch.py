@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pcic_ros.cli import build_parser, main
-from pcic_ros.launch_runner import NODE_MODULES, LaunchError, parse_launch
+from pcic_ros.ros.launch_runner import NODE_MODULES, LaunchError, parse_launch
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.xml"))
@@ -75,6 +75,6 @@ def test_pcic_launch_prints_the_node_commands(capsys):
     assert main(["launch", str(REPO / "launch" / "demo.launch.xml"), "bag:=/data/drive", "--print"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
-    assert "pcic_ros.encoder_node" in lines[0] and "__ns:=/vehicle" in lines[0]
-    assert "pcic_ros.decoder_node" in lines[1] and "image:=/pcic/image" in lines[1]
+    assert "pcic_ros.ros.encoder_node" in lines[0] and "__ns:=/vehicle" in lines[0]
+    assert "pcic_ros.ros.decoder_node" in lines[1] and "image:=/pcic/image" in lines[1]
     assert lines[2] == "pcic bag play /data/drive --wait-for-subscribers 120 --subscribers /lidar/points=2"

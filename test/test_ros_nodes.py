@@ -5,12 +5,12 @@ import pytest
 from conftest import DATA
 from ros_harness import RosBench, ros_environment, start_pair
 
-from pcic_ros.codec import Codec
-from pcic_ros.datasets import load_image, load_scan
-from pcic_ros.metrics import psnr
-from pcic_ros.projection import Calibration
-from pcic_ros.ros_conversions import stamp_to_ns
-from pcic_ros.tf_buffer import TransformBuffer, transform_from_matrix
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.projection import Calibration
+from pcic_ros.experiments.datasets import load_image, load_scan
+from pcic_ros.experiments.metrics import psnr
+from pcic_ros.ros.conversions import stamp_to_ns
+from pcic_ros.ros.tf_buffer import TransformBuffer, transform_from_matrix
 
 pytestmark = pytest.mark.slow
 

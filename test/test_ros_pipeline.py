@@ -26,11 +26,11 @@ from rclpy.qos import QoSProfile
 from ros_harness import ros_environment
 from rosbags.rosbag2 import Reader
 
-from pcic_ros import bag_messages as bm
 from pcic_ros.bags import CAMERA_INFO_TOPIC, IMAGE_TOPIC, POINTS_TOPIC, TF_STATIC_TOPIC
-from pcic_ros.codec import Codec
-from pcic_ros.metrics import psnr
-from pcic_ros.node_support import PROBLEM_FIELDS
+from pcic_ros.bags import messages as bm
+from pcic_ros.codec.api import Codec
+from pcic_ros.experiments.metrics import psnr
+from pcic_ros.ros.node_support import PROBLEM_FIELDS
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ STATISTICS_TOPICS = {
 #: modules, which this test does not use.
 PCIC = (
     "import argparse, sys\n"
-    "from pcic_ros import bags, launch_runner\n"
+    "from pcic_ros import bags\nfrom pcic_ros.ros import launch_runner\n"
     "parser = argparse.ArgumentParser(prog='pcic')\n"
     "commands = parser.add_subparsers(dest='command', required=True)\n"
     "bags.add_parser(commands)\n"

@@ -6,10 +6,10 @@ import pytest
 from conftest import DATA
 from ros_harness import RosBench, ros_environment, start_pair
 
-from pcic_ros.datasets import load_image, load_scan
-from pcic_ros.node_support import PROBLEM_FIELDS
-from pcic_ros.projection import Calibration
-from pcic_ros.ros_conversions import stamp_to_ns
+from pcic_ros.codec.projection import Calibration
+from pcic_ros.experiments.datasets import load_image, load_scan
+from pcic_ros.ros.conversions import stamp_to_ns
+from pcic_ros.ros.node_support import PROBLEM_FIELDS
 
 pytestmark = pytest.mark.slow
 

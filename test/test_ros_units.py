@@ -5,8 +5,7 @@ import pytest
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from pcic_ros.rate_control import RateController
-from pcic_ros.ros_conversions import (
+from pcic_ros.ros.conversions import (
     CameraInfoError,
     ConversionError,
     ImageEncodingError,
@@ -18,8 +17,9 @@ from pcic_ros.ros_conversions import (
     rgb_to_image,
     stamp_to_ns,
 )
-from pcic_ros.tf_buffer import TransformBuffer, TransformError, matrix_from_transform, transform_from_matrix
-from pcic_ros.time_sync import ApproximateTimePairer
+from pcic_ros.ros.rate_control import RateController
+from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError, matrix_from_transform, transform_from_matrix
+from pcic_ros.ros.time_sync import ApproximateTimePairer
 
 RNG = np.random.default_rng(7)
 MS = 1_000_000

@@ -13,10 +13,9 @@ import yaml
 from conftest import DATA
 
 from pcic_ros.cli import main
-from pcic_ros.datasets import discover_frames
-from pcic_ros.lossy_scan import compress_scan, decompress_scan
-from pcic_ros.pointcloud import ABLATIONS
-from pcic_ros.study import (
+from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.experiments.lossy_scan import compress_scan, decompress_scan
+from pcic_ros.experiments.study import (
     BUDGET_FILE,
     DracoCodedFrame,
     Variant,
@@ -26,7 +25,8 @@ from pcic_ros.study import (
     study_variants,
     train_variants,
 )
-from pcic_ros.training import TrainConfig
+from pcic_ros.experiments.training import TrainConfig
+from pcic_ros.models.pointcloud import ABLATIONS
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,8 @@ from compressai.losses import RateDistortionLoss
 from conftest import DATA, REPO, crop_frame
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pcic_ros.codec import Codec
-from pcic_ros.datasets import discover_frames
-from pcic_ros.training import TrainConfig, alpha_at, code_image, export_checkpoint, train
-from pcic_ros.training_data import CropDataset, crop_box, crop_calibration, prepare_cache
-from pcic_ros.zoo import (
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.zoo import (
     QUALITY_LAMBDAS,
     checkpoint_path,
     create_model,
@@ -30,6 +27,9 @@ from pcic_ros.zoo import (
     stored_state_dict,
     weights_fingerprint,
 )
+from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.experiments.training import TrainConfig, alpha_at, code_image, export_checkpoint, train
+from pcic_ros.experiments.training_data import CropDataset, crop_box, crop_calibration, prepare_cache
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +199,7 @@ DDP_SCRIPT = textwrap.dedent(
     import sys, warnings
     warnings.filterwarnings("ignore")
     import torch, torch.distributed as dist
-    import pcic_ros.training as training
+    import pcic_ros.experiments.training as training
     samples, wrapped = [], {}
     read_sample = training.CropDataset.__getitem__
     def recording(self, index):
@@ -243,9 +243,9 @@ DECODE_SCRIPT = textwrap.dedent(
     import sys, warnings
     warnings.filterwarnings("ignore")
     import numpy as np
-    from pcic_ros.codec import Codec
-    from pcic_ros.datasets import load_scan
-    from pcic_ros.projection import Calibration
+    from pcic_ros.codec.api import Codec
+    from pcic_ros.experiments.datasets import load_scan
+    from pcic_ros.codec.projection import Calibration
     stored = np.load(sys.argv[2])
     calibration = Calibration(stored["projection"], stored["rectification"], stored["lidar_to_camera"])
     codec = Codec("hyper-pc", 2, device="cpu", checkpoint=sys.argv[1])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from pcic_ros.datasets import DataError, discover_frames
-from pcic_ros.projection import equalize_depth, project_points
-from pcic_ros.training_data import (
+from pcic_ros.codec.projection import equalize_depth, project_points
+from pcic_ros.experiments.datasets import DataError, discover_frames
+from pcic_ros.experiments.training_data import (
     PAPER_CROP,
     ColourJitter,
     CropDataset,

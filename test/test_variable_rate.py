@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import DATA, LAYOUT_FRAMES, crop_frame, pcic
 
-from pcic_ros.bitstream import stored_quality
-from pcic_ros.codec import Codec
-from pcic_ros.datasets import discover_frames
-from pcic_ros.evaluation import evaluate
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.bitstream import stored_quality
+from pcic_ros.codec.projection import equalize_depth, project_points
+from pcic_ros.codec.zoo import QUALITY_LAMBDAS, checkpoint_path, create_model
+from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.experiments.evaluation import evaluate
+from pcic_ros.experiments.training import _load_initial_weights, code_image, export_checkpoint
 from pcic_ros.models.gain import QUALITY_RANGE, GainUnits, QualityError, check_quality, quality_lambda
-from pcic_ros.projection import equalize_depth, project_points
-from pcic_ros.training import _load_initial_weights, code_image, export_checkpoint
-from pcic_ros.zoo import QUALITY_LAMBDAS, checkpoint_path, create_model
 
 QUALITIES = (0.0, 0.75, 1.5, 2.5, 3.0, 4.2, 5.0)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from compressai.models import CompressionModel
 from torch import Tensor, nn
 
-from pcic_ros.fixed_point import compute_in_fixed_point
-from pcic_ros.pointcloud import HyperRefiner, PointCloudBranch, PointCloudConfig, PointCloudFeatures
+from pcic_ros.codec.fixed_point import compute_in_fixed_point
+from pcic_ros.models.pointcloud import HyperRefiner, PointCloudBranch, PointCloudConfig, PointCloudFeatures
 
 __all__ = ["PointCloudCompressionModel", "LatentCodecModel"]
 
@@ -16,7 +16,7 @@ class PointCloudCompressionModel(CompressionModel):
 
     Subclasses build their transforms with ``ConditionedSequential`` and their entropy parameters with a
     ``HyperRefiner`` when ``point_cloud`` is set. ``c_proj`` everywhere is B x 1 x H x W, the equalised
-    depth map of ``pcic_ros.projection.equalize_depth`` divided by 255, at the (padded) image size.
+    depth map of ``pcic_ros.codec.projection.equalize_depth`` divided by 255, at the (padded) image size.
     """
 
     #: Image sides must be a multiple of this (the product of all down-sampling strides).
@@ -25,7 +25,7 @@ class PointCloudCompressionModel(CompressionModel):
     def __init__(self, point_cloud: PointCloudConfig | None = None) -> None:
         super().__init__()
         self.point_cloud = point_cloud
-        # c_hyper decides the entropy coder's distributions: see pcic_ros.fixed_point.
+        # c_hyper decides the entropy coder's distributions: see pcic_ros.codec.fixed_point.
         self.branch = compute_in_fixed_point(PointCloudBranch(point_cloud)) if point_cloud is not None else None
 
     def transform_channels(self) -> tuple[int, int]:

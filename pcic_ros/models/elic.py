@@ -25,9 +25,9 @@ from compressai.models.sensetime import ResidualBottleneckBlock
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from pcic_ros.fixed_point import compute_in_fixed_point
+from pcic_ros.codec.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import LatentCodecModel
-from pcic_ros.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig
+from pcic_ros.models.pointcloud import ConditionedSequential, HyperRefiner, PointCloudConfig
 
 __all__ = ["Elic", "RefinedHyperpriorLatentCodec", "elic_groups"]
 
@@ -196,7 +196,7 @@ class Elic(LatentCodecModel):
         }
         # ELIC's side parameters are features for parameter aggregation, not scales: no final activation.
         refiner = self.hyper_refiner(N * 2)
-        # Everything that computes means and scales: the same bits on every machine (pcic_ros.fixed_point).
+        # Everything that computes means and scales: the same bits on every machine (pcic_ros.codec.fixed_point).
         deciding = [h_s, *channel_context.values(), *([refiner] if refiner is not None else [])]
         for codec in group_codecs.values():
             deciding += [codec.context_prediction, codec.entropy_parameters]

@@ -7,10 +7,10 @@ from compressai.layers import GDN, conv3x3
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from pcic_ros.fixed_point import compute_in_fixed_point
+from pcic_ros.codec.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import PointCloudCompressionModel
 from pcic_ros.models.gain import GainUnits, quality_tensor
-from pcic_ros.pointcloud import ConditionedSequential, PointCloudConfig, PointCloudFeatures, ZeroJoinedSequential
+from pcic_ros.models.pointcloud import ConditionedSequential, PointCloudConfig, PointCloudFeatures, ZeroJoinedSequential
 
 __all__ = ["ScaleHyperprior"]
 
@@ -60,7 +60,7 @@ class ScaleHyperprior(PointCloudCompressionModel):
         # The paper's refiner replaces the scales (a ReLU keeps them positive); the lean one corrects
         # them, and the Gaussian conditional's lower bound keeps the sum positive.
         self.refiner = self.hyper_refiner(M, final=None if lean else nn.ReLU(inplace=True), residual=lean)
-        # The scales pick the CDF tables: the same bits on every machine (pcic_ros.fixed_point).
+        # The scales pick the CDF tables: the same bits on every machine (pcic_ros.codec.fixed_point).
         compute_in_fixed_point(self.h_s)
         if self.refiner is not None:
             compute_in_fixed_point(self.refiner)

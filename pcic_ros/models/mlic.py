@@ -27,11 +27,11 @@ from compressai.layers import (
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
-from pcic_ros.bitstream import MAX_STRINGS
-from pcic_ros.fixed_point import compute_in_fixed_point
+from pcic_ros.codec.bitstream import MAX_STRINGS
+from pcic_ros.codec.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import LatentCodecModel
 from pcic_ros.models.elic import RefinedHyperpriorLatentCodec, _conditioned
-from pcic_ros.pointcloud import HyperRefiner, PointCloudConfig
+from pcic_ros.models.pointcloud import HyperRefiner, PointCloudConfig
 
 __all__ = ["GlobalSpatialContext", "Mlic", "MultiReferenceLatentCodec", "checkerboard_anchors"]
 
@@ -319,7 +319,7 @@ class Mlic(LatentCodecModel):
         # The side parameters are features for parameter aggregation, not scales: no final activation.
         refiner = self.hyper_refiner(side_channels)
         entropy_model = MultiReferenceLatentCodec(slices, M // slices, side_channels, heads)
-        # Everything that computes means and scales: the same bits on every machine (pcic_ros.fixed_point).
+        # Everything that computes means and scales: the same bits on every machine (pcic_ros.codec.fixed_point).
         deciding = [h_s, *([refiner] if refiner is not None else [])]
         for contexts in (entropy_model.channel_context, entropy_model.local_context, entropy_model.global_context):
             deciding += list(contexts.values())

@@ -24,7 +24,7 @@ from pathlib import Path
 __all__ = ["LaunchError", "Process", "NODE_MODULES", "package_share", "parse_launch", "run", "add_parser"]
 
 #: Executables of this package (nodes/ in the source tree, lib/pcic_ros on an install) -> module.
-NODE_MODULES = {"encoder_node": "pcic_ros.encoder_node", "decoder_node": "pcic_ros.decoder_node"}
+NODE_MODULES = {"encoder_node": "pcic_ros.ros.encoder_node", "decoder_node": "pcic_ros.ros.decoder_node"}
 
 
 class LaunchError(ValueError):
@@ -49,7 +49,7 @@ def package_share() -> Path:
         share = Path(prefix) / "share" / "pcic_ros"
         if prefix and (share / "launch").is_dir():
             return share
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def _substitute(text: str, variables: dict[str, str]) -> str:

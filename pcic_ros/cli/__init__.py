@@ -15,21 +15,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pcic_ros.bitstream import BitstreamError, read_header
-from pcic_ros.datasets import DataError, load_image, load_scan
-from pcic_ros.projection import Calibration, CalibrationError
+from pcic_ros.codec.bitstream import BitstreamError, read_header
+from pcic_ros.codec.projection import Calibration, CalibrationError
+from pcic_ros.experiments.datasets import DataError, load_image, load_scan
 
 __all__ = ["main", "build_parser", "load_calibration"]
 
 #: Modules that add subcommands besides the ones defined here.
 SUBCOMMAND_MODULES: list[str] = [
-    "pcic_ros.demo",
-    "pcic_ros.training_data",
-    "pcic_ros.training",
-    "pcic_ros.evaluation",
+    "pcic_ros.experiments.demo",
+    "pcic_ros.experiments.training_data",
+    "pcic_ros.experiments.training",
+    "pcic_ros.experiments.evaluation",
     "pcic_ros.bags",
-    "pcic_ros.launch_runner",
-    "pcic_ros.study",
+    "pcic_ros.ros.launch_runner",
+    "pcic_ros.experiments.study",
 ]
 
 
@@ -50,7 +50,7 @@ def _frame_inputs(args: argparse.Namespace) -> tuple[np.ndarray | None, Calibrat
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from pcic_ros.codec import Codec
+    from pcic_ros.codec.api import Codec
 
     image = load_image(args.image)
     scan, calibration = _frame_inputs(args)
@@ -65,7 +65,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from pcic_ros.codec import Codec
+    from pcic_ros.codec.api import Codec
 
     data = Path(args.input).read_bytes()
     header = read_header(data)
@@ -102,7 +102,7 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pcic_ros.zoo import model_names
+    from pcic_ros.codec.zoo import model_names
 
     parser = argparse.ArgumentParser(prog="pcic", description="LiDAR-assisted learned image compression")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +146,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pcic {args.command}: error: {error}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
 """``pcic bag``: KITTI drive -> rosbag2 (MCAP), play a bag into ROS, record topics, decode offline.
 
 - ``from-kitti`` writes camera Image (rgb8, rectified camera 2), CameraInfo, PointCloud2 and /tf_static
-  (conventions in ``pcic_ros.bag_messages``). Stamps come from the drive's ``timestamps.txt`` files when
+  (conventions in ``pcic_ros.bags.messages``). Stamps come from the drive's ``timestamps.txt`` files when
   present; a drive without them (like the one in ../shared/data) is spaced at 0.1 s, the 10 Hz of the
   KITTI recording, starting at midnight UTC of the drive's date.
 - ``play`` and ``record`` go through a real rclpy node and move serialized CDR bytes untouched.
-- ``decode`` decodes recorded CompressedFrame messages with ``pcic_ros.codec`` and writes PNGs and a CSV.
+- ``decode`` decodes recorded CompressedFrame messages with ``pcic_ros.codec.api`` and writes PNGs and a CSV.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from tqdm import tqdm
 
-from pcic_ros import bag_messages as bm
-from pcic_ros.datasets import DataError, discover_frames
-from pcic_ros.projection import Calibration, CalibrationError
+from pcic_ros.bags import messages as bm
+from pcic_ros.codec.projection import Calibration, CalibrationError
+from pcic_ros.experiments.datasets import DataError, discover_frames
 
 __all__ = [
     "IMAGE_TOPIC",
@@ -487,9 +487,9 @@ def decode(
     Image of the same stamp on ``originals_topic`` when the bag(s) hold it (only that topic: a base
     station's decoded images carry the camera's stamps too). A frame that cannot be decoded gets a row whose
     ``error`` says why."""
-    from pcic_ros.bitstream import BitstreamError
-    from pcic_ros.codec import Codec
-    from pcic_ros.metrics import psnr
+    from pcic_ros.codec.api import Codec
+    from pcic_ros.codec.bitstream import BitstreamError
+    from pcic_ros.experiments.metrics import psnr
 
     bags = [_existing_bag(bag)] + ([_existing_bag(scans_bag)] if scans_bag is not None else [])
     index = _BagIndex(

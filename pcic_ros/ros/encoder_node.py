@@ -20,11 +20,21 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
-from pcic_ros.bitstream import FORMAT_VERSION
-from pcic_ros.codec import Codec, ScanError, default_device
-from pcic_ros.memory import return_freed_memory
+from pcic_ros.codec.api import Codec, ScanError, default_device
+from pcic_ros.codec.bitstream import FORMAT_VERSION
+from pcic_ros.codec.projection import Calibration
 from pcic_ros.msg import CodecStatistics, CompressedFrame
-from pcic_ros.node_support import (
+from pcic_ros.ros.conversions import (
+    CameraInfoError,
+    ConversionError,
+    ImageEncodingError,
+    image_to_rgb,
+    ns_to_stamp,
+    pointcloud2_to_points,
+    stamp_to_ns,
+)
+from pcic_ros.ros.memory import return_freed_memory
+from pcic_ros.ros.node_support import (
     RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,
     ProblemReporter,
@@ -35,19 +45,9 @@ from pcic_ros.node_support import (
     spin_node,
     stop_worker,
 )
-from pcic_ros.projection import Calibration
-from pcic_ros.rate_control import RateController
-from pcic_ros.ros_conversions import (
-    CameraInfoError,
-    ConversionError,
-    ImageEncodingError,
-    image_to_rgb,
-    ns_to_stamp,
-    pointcloud2_to_points,
-    stamp_to_ns,
-)
-from pcic_ros.tf_buffer import TransformError
-from pcic_ros.time_sync import ApproximateTimePairer
+from pcic_ros.ros.rate_control import RateController
+from pcic_ros.ros.tf_buffer import TransformError
+from pcic_ros.ros.time_sync import ApproximateTimePairer
 
 __all__ = ["EncoderNode", "main"]
 
@@ -65,7 +65,7 @@ class _Job:
 class EncoderNode(Node):
     def __init__(self) -> None:
         super().__init__("pcic_encoder")
-        model = declare(self, "model", "hyper-pc", "codec model (pcic_ros.zoo names, e.g. hyper-pc, hyper)")
+        model = declare(self, "model", "hyper-pc", "codec model (pcic_ros.codec.zoo names, e.g. hyper-pc, hyper)")
         best = declare(self, "quality", 4, "highest quality level to use (1..4)")
         lowest = declare(self, "min_quality", 1, "lowest quality level rate control may fall back to (1..4)")
         device = declare(self, "device", "", "torch device: cpu, cuda, or empty for cuda when available")

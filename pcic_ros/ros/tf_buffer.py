@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from geometry_msgs.msg import Quaternion, TransformStamped
 
-from pcic_ros.ros_conversions import stamp_to_ns
+from pcic_ros.ros.conversions import stamp_to_ns
 
 __all__ = ["TransformError", "TransformBuffer", "matrix_from_transform", "transform_from_matrix"]
 
@@ -56,7 +56,7 @@ def matrix_from_transform(msg: TransformStamped) -> np.ndarray:
 
 def transform_from_matrix(matrix: np.ndarray, parent: str, child: str, stamp_ns: int = 0) -> TransformStamped:
     """A TransformStamped (parent <- child) for a 4x4 rigid transform; the rotation is orthonormalised."""
-    from pcic_ros.ros_conversions import ns_to_stamp
+    from pcic_ros.ros.conversions import ns_to_stamp
 
     matrix = np.asarray(matrix, dtype=np.float64)
     u, _, vt = np.linalg.svd(matrix[:3, :3])

@@ -9,7 +9,7 @@ the network, a second Adam for CompressAI's auxiliary loss of the entropy bottle
 
 A run is a folder: ``config.yaml`` (every hyperparameter), ``train_log.csv``, ``validation_log.csv``,
 ``last.pt`` (weights, optimisers, scheduler and step, for ``--resume``) and ``model.pt`` (weights with
-updated CDFs, loadable by ``pcic_ros.zoo.create_model(name, quality, checkpoint=...)``; ``--install``
+updated CDFs, loadable by ``pcic_ros.codec.zoo.create_model(name, quality, checkpoint=...)``; ``--install``
 copies it to where the registry finds it by name).
 
 Runs are reproducible: the samples of step s depend only on (seed, s) (see ``CropDataset``), and the
@@ -45,12 +45,18 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from pcic_ros.datasets import DataError, discover_frames
-from pcic_ros.metrics import psnr
-from pcic_ros.models import PointCloudCompressionModel
-from pcic_ros.models.gain import QUALITY_RANGE, quality_lambda
-from pcic_ros.projection import equalize_depth, project_points
-from pcic_ros.training_data import (
+from pcic_ros.codec.projection import equalize_depth, project_points
+from pcic_ros.codec.zoo import (
+    MODELS,
+    QUALITY_LAMBDAS,
+    checkpoint_path,
+    create_model,
+    round_for_storage,
+    stored_state_dict,
+)
+from pcic_ros.experiments.datasets import DataError, discover_frames
+from pcic_ros.experiments.metrics import psnr
+from pcic_ros.experiments.training_data import (
     DEFAULT_VALIDATION_SEQUENCES,
     PAPER_CROP,
     CropDataset,
@@ -61,7 +67,8 @@ from pcic_ros.training_data import (
     run_standalone,
     split_by_sequence,
 )
-from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path, create_model, round_for_storage, stored_state_dict
+from pcic_ros.models import PointCloudCompressionModel
+from pcic_ros.models.gain import QUALITY_RANGE, quality_lambda
 
 __all__ = [
     "TrainConfig",
@@ -684,7 +691,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``pcic train`` on its own (``python -m pcic_ros.training``), e.g. under ``torchrun``."""
+    """``pcic train`` on its own (``python -m pcic_ros.experiments.training``), e.g. under ``torchrun``."""
     return run_standalone("train", add_parser, argv)
 
 

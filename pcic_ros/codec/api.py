@@ -4,7 +4,7 @@
     data = codec.encode(image, scan, calibration)
     image_hat = codec.decode(data, scan, calibration)
 
-Both sides project the same scan with the same calibration (``pcic_ros.projection``); only the image
+Both sides project the same scan with the same calibration (``pcic_ros.codec.projection``); only the image
 is coded. The container records the model, quality and size, so any ``Codec`` decodes any file whose
 model is registered.
 """
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyModel
 
-from pcic_ros.bitstream import (
+from pcic_ros.codec.bitstream import (
     MAX_PIXELS,
     MAX_SIDE,
     BitstreamError,
@@ -28,10 +28,10 @@ from pcic_ros.bitstream import (
     stored_quality,
     unpack,
 )
-from pcic_ros.fixed_point import FixedPointError
+from pcic_ros.codec.fixed_point import FixedPointError
+from pcic_ros.codec.projection import Calibration, CalibrationError, depth_fingerprint, equalize_depth, project_points
+from pcic_ros.codec.zoo import MODELS, create_model, weights_fingerprint
 from pcic_ros.models import PointCloudCompressionModel
-from pcic_ros.projection import Calibration, CalibrationError, depth_fingerprint, equalize_depth, project_points
-from pcic_ros.zoo import MODELS, create_model, weights_fingerprint
 
 __all__ = ["Codec", "EncodedFrame", "ScanError", "default_device", "depth_input"]
 
@@ -126,7 +126,7 @@ class Codec:
     """Encode and decode frames with one registered model; decoding follows each file's header.
 
     Args:
-        model: registered model name for encoding (``pcic_ros.zoo.model_names()``).
+        model: registered model name for encoding (``pcic_ros.codec.zoo.model_names()``).
         quality: 1..4 for a single-rate model; any number in ``QUALITY_RANGE`` for a variable-rate one
             (held as the container stores it, a float32: ``bitstream.stored_quality``).
         device: 'cpu', 'cuda' or None for ``default_device()``.

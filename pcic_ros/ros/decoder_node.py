@@ -21,11 +21,13 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from pcic_ros.bitstream import MAX_PIXELS, BitstreamError, ScanMismatchError, read_header
-from pcic_ros.codec import Codec, default_device
-from pcic_ros.memory import return_freed_memory
+from pcic_ros.codec.api import Codec, default_device
+from pcic_ros.codec.bitstream import MAX_PIXELS, BitstreamError, ScanMismatchError, read_header
+from pcic_ros.codec.projection import Calibration
 from pcic_ros.msg import CodecStatistics, CompressedFrame
-from pcic_ros.node_support import (
+from pcic_ros.ros.conversions import CameraInfoError, ConversionError, pointcloud2_to_points, rgb_to_image, stamp_to_ns
+from pcic_ros.ros.memory import return_freed_memory
+from pcic_ros.ros.node_support import (
     RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,
     ProblemReporter,
@@ -36,9 +38,7 @@ from pcic_ros.node_support import (
     spin_node,
     stop_worker,
 )
-from pcic_ros.projection import Calibration
-from pcic_ros.ros_conversions import CameraInfoError, ConversionError, pointcloud2_to_points, rgb_to_image, stamp_to_ns
-from pcic_ros.tf_buffer import TransformError
+from pcic_ros.ros.tf_buffer import TransformError
 
 __all__ = ["DecoderNode", "main"]
 

@@ -21,7 +21,7 @@ import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from pcic_ros.projection import Calibration, CalibrationError
+from pcic_ros.codec.projection import Calibration, CalibrationError
 
 __all__ = [
     "IMAGE_TYPE",
@@ -63,7 +63,7 @@ _SCAN_FIELDS = ("x", "y", "z", "intensity")
 
 def _message_definition_dirs() -> list[Path]:
     # A source checkout keeps msg/ next to the package; an installed one has it under share/.
-    return [Path(__file__).resolve().parents[1] / "msg", Path(sys.prefix) / "share" / "pcic_ros" / "msg"]
+    return [Path(__file__).resolve().parents[2] / "msg", Path(sys.prefix) / "share" / "pcic_ros" / "msg"]
 
 
 @cache

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pcic_ros.projection import Calibration
+from pcic_ros.codec.projection import Calibration
 
 __all__ = ["Frame", "load_image", "load_scan", "discover_frames", "DataError"]
 

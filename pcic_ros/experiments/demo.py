@@ -16,12 +16,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pcic_ros.anchors import get_anchor
-from pcic_ros.codec import Codec
-from pcic_ros.datasets import DataError, Frame, discover_frames
-from pcic_ros.evaluation import evaluate, plot_rd
-from pcic_ros.metrics import psnr
-from pcic_ros.zoo import checkpoint_path
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.zoo import checkpoint_path
+from pcic_ros.experiments.anchors import get_anchor
+from pcic_ros.experiments.datasets import DataError, Frame, discover_frames
+from pcic_ros.experiments.evaluation import evaluate, plot_rd
+from pcic_ros.experiments.metrics import psnr
 
 __all__ = ["add_parser", "default_data_dir", "pick_frames", "run_demo", "jpeg_at_rate"]
 
@@ -30,7 +30,7 @@ def default_data_dir() -> Path:
     """$PCIC_DATA, else the ``shared/data`` folder beside the checkout."""
     if "PCIC_DATA" in os.environ:
         return Path(os.environ["PCIC_DATA"])
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def pick_frames(frames: list[Frame], count: int) -> list[Frame]:

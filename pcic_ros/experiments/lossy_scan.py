@@ -11,11 +11,11 @@ maintained, ships as a wheel (the paper's G-PCC reference software has no Python
 is simple to state: positions are quantised uniformly over the scan's bounding cube, so every
 coordinate lands within half a step (largest extent / (2^bits - 1)) of where it was
 (``quantization_error_bound``), and no point is dropped or added. The points come back in Draco's
-order, not the scan's; projection (``pcic_ros.projection``) does not depend on the order.
+order, not the scan's; projection (``pcic_ros.codec.projection``) does not depend on the order.
 
 Reflectance is not coded: the codec reads only x, y, z (the depth of eq. 1-3), so coding it would add
 bits that no model uses. The decoded scan has the KITTI layout (N x 4 float32) with the reflectance
-column set to zero, so it goes wherever ``pcic_ros.datasets.load_scan``'s arrays go.
+column set to zero, so it goes wherever ``pcic_ros.experiments.datasets.load_scan``'s arrays go.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 
+from pcic_ros.codec.projection import Calibration, CalibrationError
 from pcic_ros.msg import CodecStatistics
-from pcic_ros.projection import Calibration, CalibrationError
-from pcic_ros.ros_conversions import CameraInfoError, camera_projection
-from pcic_ros.tf_buffer import TransformBuffer, TransformError
+from pcic_ros.ros.conversions import CameraInfoError, camera_projection
+from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError
 
 __all__ = [
     "declare",

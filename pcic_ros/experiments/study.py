@@ -7,8 +7,8 @@
                              both sides, against the scan as recorded; ELIC for comparison (Fig. 10)
 
 Every model of a study is trained with the same configuration and step count (``--config``,
-``--steps``; ``pcic_ros.training.train``), at every quality asked for. The validation split is then
-coded with real bitstreams (``pcic_ros.evaluation.evaluate``), and the study folder gets
+``--steps``; ``pcic_ros.experiments.training.train``), at every quality asked for. The validation split is then
+coded with real bitstreams (``pcic_ros.experiments.evaluation.evaluate``), and the study folder gets
 ``results.json`` and ``results.csv``, ``table.md`` (BD-rate against ELIC, or against ELIC-PC with the
 scan as recorded for the lossy study, under a line stating the training budget) and ``rd.png``.
 
@@ -34,9 +34,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from pcic_ros.codec import default_device
-from pcic_ros.datasets import DataError, Frame, discover_frames
-from pcic_ros.evaluation import (
+from pcic_ros.codec.api import default_device
+from pcic_ros.codec.zoo import MODELS, QUALITY_LAMBDAS
+from pcic_ros.experiments.datasets import DataError, Frame, discover_frames
+from pcic_ros.experiments.evaluation import (
     bd_table,
     evaluate,
     parse_crop,
@@ -46,18 +47,17 @@ from pcic_ros.evaluation import (
     render_tables,
     write_results,
 )
-from pcic_ros.lossy_scan import (
+from pcic_ros.experiments.lossy_scan import (
     MAX_QUANTIZATION_BITS,
     MIN_QUANTIZATION_BITS,
     compress_scan,
     quantization_error_bound,
     round_trip_scan,
 )
+from pcic_ros.experiments.training import TrainConfig, train
+from pcic_ros.experiments.training_data import PAPER_CROP, split_by_sequence
 from pcic_ros.models import PointCloudCompressionModel
-from pcic_ros.pointcloud import ABLATIONS
-from pcic_ros.training import TrainConfig, train
-from pcic_ros.training_data import PAPER_CROP, split_by_sequence
-from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS
+from pcic_ros.models.pointcloud import ABLATIONS
 
 __all__ = [
     "STUDIES",
@@ -103,7 +103,7 @@ _PAPER_ABLATION_NAMES = {
 
 
 def _ablation_model(ablation: str) -> str:
-    # The registry's rule (pcic_ros.zoo): the full branch is elic-pc, each ablation elic-pc-<ablation>.
+    # The registry's rule (pcic_ros.codec.zoo): the full branch is elic-pc, each ablation elic-pc-<ablation>.
     return "elic-pc" if ablation == "full" else f"elic-pc-{ablation}"
 
 
@@ -327,7 +327,7 @@ def evaluate_study(
     progress: bool = True,
 ) -> dict:
     """Code the frames with every variant (real bitstreams, ``checkpoints/<model>-q<quality>.pt``); the
-    results dictionary of ``pcic_ros.evaluation`` with the study's rows and BD table added."""
+    results dictionary of ``pcic_ros.experiments.evaluation`` with the study's rows and BD table added."""
     recorded = [v.model for v in variants if v.quantization_bits is None]
     results = evaluate(frames, recorded, qualities, (), crop, checkpoints, device, progress)
     records, meta = list(results["records"]), results["meta"]

@@ -18,7 +18,7 @@ import torch
 
 from pcic_ros.models import Elic, Mlic, PointCloudCompressionModel, ScaleHyperprior
 from pcic_ros.models.gain import check_quality
-from pcic_ros.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
+from pcic_ros.models.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
 
 __all__ = [
     "QUALITY_LAMBDAS",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 QUALITY_LAMBDAS: dict[int, float] = {1: 0.004, 2: 0.008, 3: 0.016, 4: 0.032}
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ _register_with_point_cloud("hyper", ScaleHyperprior, "HYPER")
 register_model(
     ModelSpec("hyper-vr", ScaleHyperprior, {"variable_rate": True}, "HYPER with gain units: any quality in 0..5")
 )
-# Its point-cloud model: the lean branch, warm-started from hyper-vr (pcic_ros.pointcloud, "lean").
+# Its point-cloud model: the lean branch, warm-started from hyper-vr (pcic_ros.models.pointcloud, "lean").
 register_model(
     ModelSpec(
         "hyper-pc-vr",

@@ -25,7 +25,7 @@ field 3 bytes earlier. ``unpack`` still reads it (its single-rate models and qua
 ``pack`` writes version 2. A variable-rate model's quality is any real number in its range: float32
 holds what the model computes with (``stored_quality``), so encoder and decoder use the same value.
 
-Any violation raises ``BitstreamError``: the only exception ``unpack`` and ``pcic_ros.codec.Codec.decode``
+Any violation raises ``BitstreamError``: the only exception ``unpack`` and ``pcic_ros.codec.api.Codec.decode``
 raise for bad data. Sizes are checked before anything is allocated.
 """
 

@@ -4,7 +4,7 @@ Every number comes from real bitstreams: a model's rate is the size of the ``pci
 ``Codec.encode`` writes (header included), an anchor's the size of the file its library writes. Per
 image: bytes, bpp, PSNR (RGB, peak 255), MS-SSIM, encode and decode seconds. Per codec and quality
 the mean over the frames makes one RD point; BD-rate and BD-PSNR of every curve against chosen
-references use ``pcic_ros.metrics`` (the bjontegaard package, Akima interpolation). Results go to a
+references use ``pcic_ros.experiments.metrics`` (the bjontegaard package, Akima interpolation). Results go to a
 JSON file (everything), a CSV file (one row per image and setting) and an RD plot (PNG); ``pcic
 report`` rebuilds the table and the figure from the JSON alone.
 
@@ -33,19 +33,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pcic_ros.anchors import ANCHORS, available_anchors, get_anchor
-from pcic_ros.bitstream import stored_quality
-from pcic_ros.codec import Codec
-from pcic_ros.datasets import DataError, Frame, discover_frames
-from pcic_ros.metrics import BD_INTERPOLATION, MS_SSIM_MIN_SIDE, bd_psnr, bd_rate, ms_ssim, psnr
-from pcic_ros.training_data import (
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.bitstream import stored_quality
+from pcic_ros.codec.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path
+from pcic_ros.experiments.anchors import ANCHORS, available_anchors, get_anchor
+from pcic_ros.experiments.datasets import DataError, Frame, discover_frames
+from pcic_ros.experiments.metrics import BD_INTERPOLATION, MS_SSIM_MIN_SIDE, bd_psnr, bd_rate, ms_ssim, psnr
+from pcic_ros.experiments.training_data import (
     DEFAULT_VALIDATION_SEQUENCES,
     PAPER_CROP,
     crop_box,
     crop_calibration,
     split_by_sequence,
 )
-from pcic_ros.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)

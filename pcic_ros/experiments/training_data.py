@@ -33,8 +33,8 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from pcic_ros.datasets import DataError, Frame, discover_frames, load_image
-from pcic_ros.projection import DEFAULT_DEPTH_LEVELS, Calibration, equalize_depth, project_points
+from pcic_ros.codec.projection import DEFAULT_DEPTH_LEVELS, Calibration, equalize_depth, project_points
+from pcic_ros.experiments.datasets import DataError, Frame, discover_frames, load_image
 
 __all__ = [
     "DEFAULT_VALIDATION_SEQUENCES",
@@ -289,7 +289,7 @@ def run_standalone(command: str, add_command: Callable, argv: list[str] | None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``pcic prepare`` on its own (``python -m pcic_ros.training_data``)."""
+    """``pcic prepare`` on its own (``python -m pcic_ros.experiments.training_data``)."""
     return run_standalone("prepare", add_parser, argv)
 
 
