@@ -15,6 +15,7 @@ from pcic_ros.codec.projection import equalize_depth, project_points
 from pcic_ros.codec.zoo import QUALITY_LAMBDAS, checkpoint_path, create_model
 from pcic_ros.experiments.datasets import discover_frames
 from pcic_ros.experiments.evaluation import evaluate
+from pcic_ros.experiments.metrics import psnr
 from pcic_ros.experiments.training import _load_initial_weights, code_image, export_checkpoint
 from pcic_ros.models.gain import QUALITY_RANGE, GainUnits, QualityError, check_quality, quality_lambda
 
@@ -58,6 +59,21 @@ def test_gains_interpolate_exponentially_between_anchors():
     assert torch.allclose(gains[0], units.log_gain[1].exp()) and torch.allclose(gains[2], units.log_gain[2].exp())
     assert torch.allclose(gains[1], units.log_gain[1].exp() ** 0.75 * units.log_gain[2].exp() ** 0.25)
     assert torch.allclose(gains[3], units.log_gain[-1].exp())
+
+
+def test_gains_start_as_quantisation_steps_and_inverse_gains_undo_them():
+    units = GainUnits(3, base_quality=3.0)
+    q = torch.tensor([0.0, 1.7, 3.0, 5.0])
+    assert torch.allclose(units.gain(q) * units.inverse_gain(q), torch.ones(4, 3, 1, 1))
+    assert torch.allclose(units.gain(q)[:, 0, 0, 0], 2.0 ** ((q - 3.0) / 2))
+
+
+def test_a_warm_started_model_reconstructs_well_at_every_quality(frame, warm_started):
+    """Before any post-training, other qualities only change the quantisation step of the q3 model:
+    the reconstruction stays close to the image (a wrong inverse gain would wreck it)."""
+    single = psnr(frame, code_image(create_model("hyper", 3), frame, None)[1])
+    for quality in (0.0, 1.5, 4.5, 5.0):
+        assert psnr(frame, code_image(warm_started, frame, None, quality)[1]) > single - 4.0, quality
 
 
 def test_every_quality_round_trips_bit_exactly_and_rate_grows_with_quality(frame, warm_started):

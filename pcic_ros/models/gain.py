@@ -53,8 +53,9 @@ class GainUnits(nn.Module):
 
     ``base_quality`` is the quality whose gains start at 1: a single-rate model trained at that
     quality's lambda is exactly the variable-rate model at that quality before post-training. The
-    other anchors start at 2 ** ((q - base_quality) / 2): quantisation steps sqrt(2) apart for lambdas
-    2 apart, where a high-rate MSE codec's optimal steps are.
+    other anchors start at gains of 2 ** ((q - base_quality) / 2), inverse gains their reciprocals:
+    quantisation steps sqrt(2) apart for lambdas 2 apart, where a high-rate MSE codec's optimal steps
+    are.
     """
 
     def __init__(self, channels: int, base_quality: float = 3.0) -> None:
@@ -64,7 +65,8 @@ class GainUnits(nn.Module):
         self.register_buffer("anchors", anchors, persistent=False)
         start = ((anchors - base_quality) * (math.log(2.0) / 2.0)).unsqueeze(1).repeat(1, channels)
         self.log_gain = nn.Parameter(start.clone())
-        self.log_inverse_gain = nn.Parameter(start.clone())
+        # The inverse gain starts as the gain's reciprocal: y_hat / g(q) brings y back to its own scale.
+        self.log_inverse_gain = nn.Parameter(-start)
 
     def _interpolate(self, table: Tensor, quality: Tensor) -> Tensor:
         """B x C x 1 x 1 vectors of ``table`` (anchors x C, in logs) at the B qualities."""
