@@ -138,19 +138,21 @@ def test_resume_continues_exactly(tmp_path, cache_dir):
     assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["step"] == 2
     train(interrupted, resume=True, progress=False)
 
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 5
+    assert_same_run(tmp_path / "straight", tmp_path / "interrupted", 5, ("train_log.csv",))
+
+
+def assert_same_run(straight: Path, interrupted: Path, steps: int, logs: tuple[str, ...]) -> None:
+    """Both runs ended at ``steps`` with identical weights, optimiser state and logs (speed aside)."""
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(interrupted / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == steps
     for key, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][key]), key
     for index, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
-
-    def without_speed(rows):
-        return [{k: v for k, v in row.items() if k != "steps_per_s"} for row in rows]
-
-    straight_log = without_speed(read_log(tmp_path / "straight" / "train_log.csv"))
-    assert without_speed(read_log(tmp_path / "interrupted" / "train_log.csv")) == straight_log
+    for log in logs:
+        rows = [{k: v for k, v in row.items() if k != "steps_per_s"} for row in read_log(straight / log)]
+        assert rows == [{k: v for k, v in row.items() if k != "steps_per_s"} for row in read_log(interrupted / log)]
 
 
 def test_variable_rate_run_stopped_by_its_time_limit_resumes_exactly(tmp_path, cache_dir):
@@ -165,17 +167,9 @@ def test_variable_rate_run_stopped_by_its_time_limit_resumes_exactly(tmp_path, c
     assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["step"] == 1
     train(interrupted, resume=True, progress=False)
 
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 3
-    for key, tensor in a["state_dict"].items():
-        assert torch.equal(tensor, b["state_dict"][key]), key
-    assert not torch.equal(a["state_dict"]["gain_units.log_gain"], create_model("hyper-vr").gain_units.log_gain)
-    for log in ("train_log.csv", "validation_log.csv"):
-        rows = [{k: v for k, v in row.items() if k != "steps_per_s"} for row in read_log(tmp_path / "straight" / log)]
-        assert rows == [
-            {k: v for k, v in row.items() if k != "steps_per_s"} for row in read_log(tmp_path / "interrupted" / log)
-        ]
+    assert_same_run(tmp_path / "straight", tmp_path / "interrupted", 3, ("train_log.csv", "validation_log.csv"))
+    trained = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
+    assert not torch.equal(trained["gain_units.log_gain"], create_model("hyper-vr").gain_units.log_gain)
     # TensorBoard holds what the CSV holds; the resumed run dropped the events after its checkpoint.
     for run in ("straight", "interrupted"):
         events = EventAccumulator(str(tmp_path / run / "tensorboard"), size_guidance={"images": 0}).Reload()

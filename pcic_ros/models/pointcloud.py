@@ -196,19 +196,19 @@ class HyperRefiner(nn.Module):
     ) -> None:
         super().__init__()
         in_ch = hyper_out + condition_channels
-        last = conv3x3(hyper_out, hyper_out)
-        if residual:
-            # A correction of the baseline's parameters that starts at none (the lean layout's warm start).
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
         self.layers = nn.Sequential(
             conv3x3(in_ch, hyper_out),
             nn.LeakyReLU(inplace=True),
             conv3x3(hyper_out, hyper_out),
             nn.LeakyReLU(inplace=True),
-            last,
+            conv3x3(hyper_out, hyper_out),
             final if final is not None else nn.Identity(),
         )
+        if residual:
+            # A correction of the baseline's parameters that starts at none (the lean layout's warm start).
+            # Zeroed after construction, so that the seeded initialisation of the others is unchanged.
+            nn.init.zeros_(self.layers[4].weight)
+            nn.init.zeros_(self.layers[4].bias)
         self.condition_channels = condition_channels
         self.residual = residual
 
