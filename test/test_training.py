@@ -169,7 +169,8 @@ def test_variable_rate_run_stopped_by_its_time_limit_resumes_exactly(tmp_path, c
 
     assert_same_run(tmp_path / "straight", tmp_path / "interrupted", 3, ("train_log.csv", "validation_log.csv"))
     trained = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
-    assert not torch.equal(trained["gain_units.log_gain"], create_model("hyper-vr").gain_units.log_gain)
+    initial = create_model("hyper-vr", pretrained=False).gain_units.log_gain
+    assert not torch.equal(trained["gain_units.log_gain"], initial)
     # TensorBoard holds what the CSV holds; the resumed run dropped the events after its checkpoint.
     for run in ("straight", "interrupted"):
         events = EventAccumulator(str(tmp_path / run / "tensorboard"), size_guidance={"images": 0}).Reload()
@@ -313,6 +314,16 @@ def test_shipped_checkpoints_load_by_name_with_stored_cdfs(name):
         assert stored["state_dict"]["g_a.layers.1.beta"].dtype == torch.float16
     # Both families together stay well under the 60 MB the issue allows (35 MB shipped).
     assert sizes < 21e6
+
+
+def test_the_shipped_variable_rate_checkpoint_is_one_file_for_every_quality():
+    path = checkpoint_path("hyper-vr", 2.5)
+    assert path == checkpoint_path("hyper-vr", 4) and path.name == "hyper-vr.pt" and path.stat().st_size < 5e6
+    stored = torch.load(path, weights_only=True)
+    assert stored["model"] == "hyper-vr" and stored["quality"] is None and stored["steps"] > 0
+    loaded = create_model("hyper-vr", 2.5)
+    assert weights_fingerprint(loaded) != weights_fingerprint(create_model("hyper-vr", pretrained=False))
+    assert weights_fingerprint(loaded) == weights_fingerprint(create_model("hyper-vr", 0.5))
 
 
 def test_gpu_campaign_script_trains_and_resumes_within_its_budget(tmp_path, cache_dir):
