@@ -112,17 +112,17 @@ class ScaleHyperprior(PointCloudCompressionModel):
     def variable_rate(self) -> bool:
         return self.gain_units is not None
 
-    def _gained(self, y: Tensor, quality: float | Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """y scaled by the gain of its quality, and the inverse gain to apply after quantisation (None
-        for a single-rate model, which takes no quality)."""
+    def _gained(self, y: Tensor, quality: float | Tensor | None) -> Tensor:
+        """y scaled by the gain of its quality (as it is for a single-rate model, which takes none)."""
         if self.gain_units is None:
-            return y, None
-        qualities = quality_tensor(quality, y.shape[0], y.device)
-        return y * self.gain_units.gain(qualities), self.gain_units.inverse_gain(qualities)
+            return y
+        return y * self.gain_units.gain(quality_tensor(quality, y.shape[0], y.device))
 
-    @staticmethod
-    def _ungained(y_hat: Tensor, inverse_gain: Tensor | None) -> Tensor:
-        return y_hat if inverse_gain is None else y_hat * inverse_gain
+    def _ungained(self, y_hat: Tensor, quality: float | Tensor | None) -> Tensor:
+        """Quantised y brought back by the inverse gain of its quality (single-rate: unchanged)."""
+        if self.gain_units is None:
+            return y_hat
+        return y_hat * self.gain_units.inverse_gain(quality_tensor(quality, y_hat.shape[0], y_hat.device))
 
     def _scales(self, z_hat: Tensor, features: PointCloudFeatures | None) -> Tensor:
         scales = self.h_s(z_hat)
@@ -132,12 +132,12 @@ class ScaleHyperprior(PointCloudCompressionModel):
 
     def forward(self, x: Tensor, c_proj: Tensor | None = None, quality: float | Tensor | None = None) -> dict:
         features = self.training_features(c_proj)
-        y, inverse_gain = self._gained(self.g_a(x, features), quality)
+        y = self._gained(self.g_a(x, features), quality)
         z = self.h_a(y.abs())
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         scales = self._scales(z_hat, features)
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales)
-        x_hat = self.g_s(self._ungained(y_hat, inverse_gain), features)
+        x_hat = self.g_s(self._ungained(y_hat, quality), features)
         return {
             "x_hat": x_hat,
             "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
@@ -155,7 +155,7 @@ class ScaleHyperprior(PointCloudCompressionModel):
         dequantised symbols the decoder will see (so the two are identical)."""
         # With reconstruct the synthesis needs its features too: run the branch once for both sides.
         features = self.encoder_features(c_proj, reconstruct)
-        y, inverse_gain = self._gained(self.g_a(x, features), quality)
+        y = self._gained(self.g_a(x, features), quality)
         z = self.h_a(y.abs())
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
@@ -165,7 +165,7 @@ class ScaleHyperprior(PointCloudCompressionModel):
         if reconstruct:
             symbols = self.gaussian_conditional.quantize(y, "symbols")
             y_hat = self.gaussian_conditional.dequantize(symbols).to(z_hat.dtype)
-            out["x_hat"] = self.g_s(self._ungained(y_hat, inverse_gain), features).clamp_(0, 1)
+            out["x_hat"] = self.g_s(self._ungained(y_hat, quality), features).clamp_(0, 1)
         return out
 
     def decompress(
@@ -181,8 +181,7 @@ class ScaleHyperprior(PointCloudCompressionModel):
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         indexes = self.gaussian_conditional.build_indexes(self._scales(z_hat, features))
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
-        inverse_gain = self._gained(y_hat, quality)[1]
-        return {"x_hat": self.g_s(self._ungained(y_hat, inverse_gain), features).clamp_(0, 1)}
+        return {"x_hat": self.g_s(self._ungained(y_hat, quality), features).clamp_(0, 1)}
 
 
 def _synthesis_layers(N: int, M: int) -> list[nn.Module]:
