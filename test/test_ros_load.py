@@ -69,6 +69,14 @@ def encoder_in_flight(stats: CodecStatistics) -> int:
     return stats.frames_in - stats.frames_out - sum(getattr(stats, name) for name in ENCODER_LOSSES)
 
 
+def counters(stats: CodecStatistics | None) -> dict[str, int] | None:
+    """The counters the drain condition reads, for a failure message that shows which one is stuck."""
+    if stats is None:
+        return None
+    names = ("frames_in", "frames_out", "queue_depth", "frames_dropped_queue", "scan_timeout", *ENCODER_LOSSES)
+    return {name: getattr(stats, name) for name in dict.fromkeys(names)}
+
+
 def median_resident(samples: list[tuple[float, int]], start_s: float, end_s: float) -> float:
     return statistics.median(size for elapsed, size in samples if start_s <= elapsed < end_s)
 
@@ -121,7 +129,8 @@ def test_under_camera_and_lidar_load_memory_stays_flat_and_the_newest_frames_win
         stream.run(LOAD_SECONDS, processes, sample)
         fed_end_ns = time.time_ns()
         reports_while_fed = {node: len(bench.statistics.get(node, [])) for node in (ENCODER, DECODER)}
-        assert bench.spin_until(drained, 90, processes), [bench.latest_statistics(n) for n in (ENCODER, DECODER)]
+        drained_in_time = bench.spin_until(drained, 90, processes)
+        assert drained_in_time, [counters(bench.latest_statistics(node)) for node in (ENCODER, DECODER)]
         assert all(process.process.poll() is None for process in processes)
     finally:
         bench.close()
