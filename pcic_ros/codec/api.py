@@ -32,6 +32,8 @@ from pcic_ros.codec.fixed_point import FixedPointError
 from pcic_ros.codec.projection import Calibration, CalibrationError, depth_fingerprint, equalize_depth, project_points
 from pcic_ros.codec.zoo import MODELS, create_model, weights_fingerprint
 from pcic_ros.models import PointCloudCompressionModel
+from pcic_ros.models.gain import quality_lambda
+from pcic_ros.models.refinement import refine_latents, supports_refinement
 
 __all__ = ["Codec", "EncodedFrame", "ScanError", "default_device", "depth_input"]
 
@@ -171,6 +173,14 @@ class Codec:
             self._models[key] = (model, weights_fingerprint(model))
         return self._models[key]
 
+    def check_effort(self, effort: int) -> int:
+        """``effort`` as an int when this codec's encoder can spend it, else ValueError."""
+        if isinstance(effort, bool) or not isinstance(effort, (int, np.integer)) or effort < 0:
+            raise ValueError(f"effort must be a whole number of refinement steps, 0 or more, got {effort!r}")
+        if effort > 0 and not supports_refinement(self.model):
+            raise ValueError(f"model '{self.model_name}' cannot refine its latents (effort > 0): the HYPER family can")
+        return int(effort)
+
     @property
     def model(self) -> PointCloudCompressionModel:
         return self._model(self.model_name, self.quality)[0]
@@ -184,22 +194,37 @@ class Codec:
             c_proj[0, 0, :height, :width] = torch.from_numpy(equalized).float().div_(255.0)
         return c_proj.to(self.device)
 
-    def encode(self, image: np.ndarray, scan: np.ndarray | None, calibration: Calibration | None) -> bytes:
+    def encode(
+        self,
+        image: np.ndarray,
+        scan: np.ndarray | None,
+        calibration: Calibration | None,
+        effort: int = 0,
+        deadline: float | None = None,
+    ) -> bytes:
         """Encode one RGB frame (H x W x 3 uint8) with its scan (N x 3/4, LiDAR frame) and calibration.
-        ``scan=None`` codes the frame with the all-zeros fallback; the decoder then needs no scan."""
-        return self.encode_frame(image, scan, calibration, reconstruct=False).data
+        ``scan=None`` codes the frame with the all-zeros fallback; the decoder then needs no scan.
 
-    @torch.inference_mode()
+        ``effort`` > 0 refines the frame's latents in that many optimisation steps before coding them
+        (``pcic_ros.models.refinement``; HYPER-family models): fewer bits for the same decoder, at the
+        price of encoder time. ``deadline`` (a ``time.monotonic()`` value) ends the refinement early.
+        """
+        return self.encode_frame(image, scan, calibration, False, effort, deadline).data
+
+    @torch.no_grad()
     def encode_frame(
         self,
         image: np.ndarray,
         scan: np.ndarray | None,
         calibration: Calibration | None,
         reconstruct: bool = True,
+        effort: int = 0,
+        deadline: float | None = None,
     ) -> EncodedFrame:
         """Like ``encode``, also returning the header and, with ``reconstruct``, the image the decoder
         will produce (one synthesis pass more: an encoder that only sends leaves it out)."""
         image = _check_image(image)
+        effort = self.check_effort(effort)
         model, weights_fp = self._model(self.model_name, self.quality)
         height, width = image.shape[:2]
         factor = model.downsampling_factor
@@ -212,7 +237,10 @@ class Codec:
         # Replicate padding keeps the padded border cheap to code; it is cropped away after decoding.
         x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
         c_proj = self._c_proj(equalized, height, width, padded) if model.branch is not None else None
-        out = model.compress(x, c_proj, reconstruct=reconstruct, **_rate(self.model_name, self.quality))
+        if effort == 0:
+            out = model.compress(x, c_proj, reconstruct=reconstruct, **_rate(self.model_name, self.quality))
+        else:
+            out = self._refined(model, x, c_proj, image, effort, deadline)
         header = FrameHeader(
             model=self.model_name,
             quality=self.quality,
@@ -227,6 +255,35 @@ class Codec:
         strings = [s[0] for s in out["strings"]]
         reconstruction = _to_image(out["x_hat"], height, width) if reconstruct else None
         return EncodedFrame(pack(header, strings), header, reconstruction)
+
+    def _refined(
+        self,
+        model: PointCloudCompressionModel,
+        x: torch.Tensor,
+        c_proj: torch.Tensor | None,
+        image: np.ndarray,
+        effort: int,
+        deadline: float | None,
+    ) -> dict:
+        """``model.compress``'s output for latents refined in ``effort`` steps, or for the encoder's own
+        when those code better: both are coded and decoded, and the lower measured R + lambda * D wins,
+        so refinement never makes a frame worse by the loss it pursues."""
+        rate = _rate(self.model_name, self.quality)
+        height, width = image.shape[:2]
+        features = model.encoder_features(c_proj, reconstruct=True)
+        y, z = model.analyse(x, features, **rate)
+        lmbda = quality_lambda(self.quality)
+        quality = rate.get("quality")
+        refined = refine_latents(model, y, z, x, features, quality, lmbda, effort, (height, width), deadline)
+        best_loss, best = float("inf"), None
+        for latents in ((y, z), refined):
+            out = model.compress_latents(*latents, features, reconstruct=True, **rate)
+            bits = 8 * sum(len(string[0]) for string in out["strings"])
+            error = _to_image(out["x_hat"], height, width).astype(np.float64) - image
+            loss = bits / (height * width) + lmbda * float(np.mean(error**2))
+            if loss < best_loss:
+                best_loss, best = loss, out
+        return best
 
     @torch.inference_mode()
     def decode(self, data: bytes, scan: np.ndarray | None = None, calibration: Calibration | None = None) -> np.ndarray:

@@ -56,8 +56,7 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     _check_image_pair(a, b)
     if min(a.shape[:2]) < MS_SSIM_MIN_SIDE:
         raise ValueError(
-            f"MS-SSIM needs both sides to be at least {MS_SSIM_MIN_SIDE} pixels, "
-            f"got {a.shape[0]} x {a.shape[1]}"
+            f"MS-SSIM needs both sides to be at least {MS_SSIM_MIN_SIDE} pixels, got {a.shape[0]} x {a.shape[1]}"
         )
 
     def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -84,8 +83,7 @@ def _rd_curve(name: str, rates: Sequence[float], psnrs: Sequence[float]) -> tupl
     psnr_array = np.asarray(psnrs, dtype=np.float64)
     if rate_array.ndim != 1 or rate_array.shape != psnr_array.shape:
         raise ValueError(
-            f"{name}: rates and PSNRs must be 1-D and of equal length, "
-            f"got {rate_array.shape} and {psnr_array.shape}"
+            f"{name}: rates and PSNRs must be 1-D and of equal length, got {rate_array.shape} and {psnr_array.shape}"
         )
     if len(rate_array) < MIN_RD_POINTS:
         raise ValueError(f"{name}: BD metrics need at least {MIN_RD_POINTS} RD points, got {len(rate_array)}")
@@ -128,9 +126,7 @@ def bd_rate(
             f"test {test_d[0]:.2f}-{test_d[-1]:.2f} dB"
         )
     return float(
-        bjontegaard.bd_rate(
-            anchor_r, anchor_d, test_r, test_d, method=BD_INTERPOLATION, require_matching_points=False
-        )
+        bjontegaard.bd_rate(anchor_r, anchor_d, test_r, test_d, method=BD_INTERPOLATION, require_matching_points=False)
     )
 
 
@@ -154,7 +150,5 @@ def bd_psnr(
             f"test {test_r[0]:.4g}-{test_r[-1]:.4g}"
         )
     return float(
-        bjontegaard.bd_psnr(
-            anchor_r, anchor_d, test_r, test_d, method=BD_INTERPOLATION, require_matching_points=False
-        )
+        bjontegaard.bd_psnr(anchor_r, anchor_d, test_r, test_d, method=BD_INTERPOLATION, require_matching_points=False)
     )

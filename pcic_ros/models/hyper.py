@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN, conv3x3
 from compressai.models.utils import conv, deconv
+from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from pcic_ros.codec.fixed_point import compute_in_fixed_point
@@ -155,8 +158,25 @@ class ScaleHyperprior(PointCloudCompressionModel):
         dequantised symbols the decoder will see (so the two are identical)."""
         # With reconstruct the synthesis needs its features too: run the branch once for both sides.
         features = self.encoder_features(c_proj, reconstruct)
+        y, z = self.analyse(x, features, quality)
+        return self.compress_latents(y, z, features, reconstruct, quality)
+
+    def analyse(
+        self, x: Tensor, features: PointCloudFeatures | None, quality: float | Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The encoder's latents before quantisation: y (gained for its quality) and z = h_a(|y|)."""
         y = self._gained(self.g_a(x, features), quality)
-        z = self.h_a(y.abs())
+        return y, self.h_a(y.abs())
+
+    def compress_latents(
+        self,
+        y: Tensor,
+        z: Tensor,
+        features: PointCloudFeatures | None,
+        reconstruct: bool = False,
+        quality: float | Tensor | None = None,
+    ) -> dict:
+        """Entropy-code given latents (``analyse``'s, or refined ones: the decoder cannot tell)."""
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
         indexes = self.gaussian_conditional.build_indexes(self._scales(z_hat, features))
@@ -167,6 +187,44 @@ class ScaleHyperprior(PointCloudCompressionModel):
             y_hat = self.gaussian_conditional.dequantize(symbols).to(z_hat.dtype)
             out["x_hat"] = self.g_s(self._ungained(y_hat, quality), features).clamp_(0, 1)
         return out
+
+    def latent_rate_distortion(
+        self,
+        y: Tensor,
+        z: Tensor,
+        x: Tensor,
+        features: PointCloudFeatures | None,
+        quality: float | Tensor | None,
+        pixels: tuple[int, int],
+        generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Bits per pixel of coding y and z as they round, the same with uniform noise in place of the
+        rounding (a smoother gradient for the rate, as in training), and the MSE of the reconstruction
+        from the rounded latents; differentiable in y and z.
+
+        The rounded rate is the information content under the entropy models, within a few bytes of
+        what the coder writes; rounding passes its gradient straight through. The MSE covers the
+        top-left ``pixels`` (height, width) of x, the frame without its padding, and rates are per
+        pixel of it.
+        """
+        medians = self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+        z_hat = quantize_ste(z - medians) + medians
+        y_hat = quantize_ste(y)
+        scales = self._scales(z_hat, features)
+        height, width = pixels
+        rates = []
+        for y_coded, z_coded in ((y_hat, z_hat), (_noisy(y, generator), _noisy(z, generator))):
+            channels = z_coded.shape[1]
+            # EntropyBottleneck's density is per channel over C x 1 x N values (as its forward arranges them).
+            z_likelihoods, _, _ = self.entropy_bottleneck._likelihood(z_coded.transpose(0, 1).reshape(channels, 1, -1))
+            z_likelihoods = self.entropy_bottleneck.likelihood_lower_bound(z_likelihoods)
+            y_likelihoods = self.gaussian_conditional._likelihood(y_coded, scales)
+            y_likelihoods = self.gaussian_conditional.likelihood_lower_bound(y_likelihoods)
+            bits = -(torch.log2(z_likelihoods).sum() + torch.log2(y_likelihoods).sum())
+            rates.append(bits / (height * width))
+        x_hat = self.g_s(self._ungained(y_hat, quality), features)
+        mse = F.mse_loss(x_hat[..., :height, :width], x[..., :height, :width])
+        return rates[0], rates[1], mse
 
     def decompress(
         self,
@@ -182,6 +240,12 @@ class ScaleHyperprior(PointCloudCompressionModel):
         indexes = self.gaussian_conditional.build_indexes(self._scales(z_hat, features))
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
         return {"x_hat": self.g_s(self._ungained(y_hat, quality), features).clamp_(0, 1)}
+
+
+def _noisy(latent: Tensor, generator: torch.Generator) -> Tensor:
+    """``latent`` plus uniform noise in [-0.5, 0.5), drawn from ``generator`` (reproducible encodes)."""
+    noise = torch.rand(latent.shape, generator=generator, device=latent.device, dtype=latent.dtype)
+    return latent + noise - 0.5
 
 
 def _synthesis_layers(N: int, M: int) -> list[nn.Module]:

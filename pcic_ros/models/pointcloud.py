@@ -228,9 +228,7 @@ class LeanPointToImagePrediction(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            conv3x3(4, channels), ResidualBlock(channels, channels), conv3x3(channels, 3 * 4)
-        )
+        self.layers = nn.Sequential(conv3x3(4, channels), ResidualBlock(channels, channels), conv3x3(channels, 3 * 4))
 
     def forward(self, folded: Tensor) -> Tensor:
         return self.layers(folded)

@@ -70,6 +70,14 @@ class EncoderNode(Node):
         lowest = declare(self, "min_quality", 1, "lowest quality level rate control may fall back to (1..4)")
         device = declare(self, "device", "", "torch device: cpu, cuda, or empty for cuda when available")
         checkpoint = declare(self, "checkpoint", "", "weights file for model at quality; empty: shipped weights")
+        effort = declare(self, "effort", 0, "latent refinement steps per frame (HYPER family); 0: one-pass encoder")
+        self._effort_budget_s = declare(
+            self,
+            "effort_budget",
+            0.0,
+            "seconds of refinement one frame may take at most; 0: no cap. Frames arriving meanwhile wait in "
+            "the work queue, which drops its oldest",
+        )
         queue_size = declare(self, "sync_queue_size", 10, "messages kept per input by the image/scan pairing")
         slop = declare(self, "sync_slop", 0.05, "largest stamp difference of a paired image and scan, seconds")
         self._scan_timeout_s = declare(
@@ -91,6 +99,8 @@ class EncoderNode(Node):
         device = device or default_device()
         self._codecs = {q: Codec(model, q, device=device, checkpoint=checkpoint or None) for q in qualities}
         self._model = model
+        # A bad effort stops the node at start, not every frame.
+        self._effort = next(iter(self._codecs.values())).check_effort(effort)
         self._rate = RateController(qualities, float(target), float(burst))
         self._pairer: ApproximateTimePairer[Image, PointCloud2] = ApproximateTimePairer(
             int(queue_size), int(slop * 1e9)
@@ -234,14 +244,17 @@ class EncoderNode(Node):
         height, width = job.rgb.shape[:2]
         # The budget runs on the images' stamps: the stream's own clock, the same live or from a bag.
         stream_s = stamp_to_ns(job.header.stamp) / 1e9
+        # One refinement budget per frame, shared by the qualities rate control tries.
+        deadline = time.monotonic() + self._effort_budget_s if self._effort_budget_s > 0 else None
+        refine = {"effort": self._effort, "deadline": deadline}
         for quality in self._rate.candidates(stream_s):
             started = time.perf_counter()
             try:
-                frame = self._codecs[quality].encode_frame(job.rgb, scan, calibration, reconstruct=False)
+                frame = self._codecs[quality].encode_frame(job.rgb, scan, calibration, reconstruct=False, **refine)
             except ScanError as error:
                 self._problems.report("no_points_in_view", f"sending without the scan: {error}")
                 scan = calibration = None
-                frame = self._codecs[quality].encode_frame(job.rgb, None, None, reconstruct=False)
+                frame = self._codecs[quality].encode_frame(job.rgb, None, None, reconstruct=False, **refine)
             elapsed_ms = 1000.0 * (time.perf_counter() - started)
             self._rate.observe(quality, 8 * len(frame.data))
             if not self._rate.try_send(8 * len(frame.data), stream_s):
