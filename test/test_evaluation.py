@@ -144,3 +144,16 @@ def test_pick_evenly_spreads_over_the_split():
     frames = list(range(27))
     assert pick_evenly(frames, 3) == [0, 13, 26]
     assert pick_evenly(frames, 0) == frames and pick_evenly(frames, 40) == frames
+
+
+def test_eval_codes_each_refinement_effort_as_its_own_curve(frame):
+    """Refinement at effort 3 is a curve beside the one-pass model's, on the same frame and qualities,
+    and its points are no worse in bpp + lambda * MSE (Codec.encode keeps the better of the two)."""
+    results = evaluate([frame], ["hyper"], (2, 4), [], (128, 256), progress=False, efforts=(0, 3))
+    assert set(results["curves"]) == {"hyper", "hyper+effort3"}
+    by_setting = {(r["codec"], r["quality"]): r for r in results["records"]}
+    for quality in (2, 4):
+        lmbda = 0.004 * 2 ** (quality - 1)
+        plain, refined = by_setting[("hyper", quality)], by_setting[("hyper+effort3", quality)]
+        loss = [r["bpp"] + lmbda * 255**2 * 10 ** (-r["psnr"] / 10) for r in (plain, refined)]
+        assert loss[1] <= loss[0] * (1 + 1e-9)

@@ -108,9 +108,13 @@ def evaluate(
     checkpoint_dir: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    efforts: Sequence[int] = (0,),
 ) -> dict:
     """Code every frame with every model and quality and every anchor setting; returns the results
     dictionary that ``write_results`` stores (``meta``, ``records``, ``curves``; no BD table yet).
+
+    Each model codes at every refinement effort of ``efforts`` (``Codec.encode``); a curve at effort N
+    above 0 is named ``<model>+effort<N>``.
 
     ``checkpoint_dir`` holds ``<model>-q<quality>.pt`` files (``<model>.pt`` for a variable-rate model);
     by default each model uses the registry's shipped checkpoint, or its seeded untrained weights where
@@ -133,7 +137,7 @@ def evaluate(
     anchor_codecs = [get_anchor(name) for name in anchors]
 
     records: list[dict] = []
-    settings = len(codecs) + sum(len(anchor.qualities) for anchor in anchor_codecs)
+    settings = len(codecs) * len(efforts) + sum(len(anchor.qualities) for anchor in anchor_codecs)
     bar = tqdm(total=len(frames) * settings, desc="eval", unit="code", disable=not progress)
     for frame in frames:
         full = frame.image()
@@ -142,13 +146,15 @@ def evaluate(
         scan, calibration = frame.scan(), crop_calibration(frame.calibration(), top, left)
         base = {"frame": f"{frame.sequence}/{frame.name}", "width": width, "height": height}
         for (name, quality), codec in codecs.items():
-            start = time.perf_counter()
-            data = codec.encode(image, scan, calibration)
-            encoded = time.perf_counter()
-            decoded = codec.decode(data, scan, calibration)
-            decode_s = time.perf_counter() - encoded
-            records.append(_record(base, name, "model", quality, data, image, decoded, encoded - start, decode_s))
-            bar.update(1)
+            for effort in efforts:
+                start = time.perf_counter()
+                data = codec.encode(image, scan, calibration, effort=effort)
+                encoded = time.perf_counter()
+                decoded = codec.decode(data, scan, calibration)
+                decode_s = time.perf_counter() - encoded
+                label = f"{name}+effort{effort}" if effort else name
+                records.append(_record(base, label, "model", quality, data, image, decoded, encoded - start, decode_s))
+                bar.update(1)
         for anchor in anchor_codecs:
             for quality in anchor.qualities:
                 start = time.perf_counter()
@@ -377,7 +383,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     anchors = available_anchors() if args.anchor is None else args.anchor
     for name in sorted(set(ANCHORS) - set(anchors)) if args.anchor is None else ():
         print(f"note: the {name} anchor is not available here ({ANCHORS[name].install_hint})")
-    results = evaluate(frames, args.model, args.quality, anchors, args.crop, args.checkpoint_dir, args.device or "cpu")
+    device = args.device or "cpu"
+    results = evaluate(
+        frames, args.model, args.quality, anchors, args.crop, args.checkpoint_dir, device, efforts=args.effort
+    )
     results["meta"].update({"data": str(args.data), "split": args.split})
     results["bd"] = bd_table(results["curves"], args.bd_anchor)
     json_path, csv_path = write_results(results, args.output)
@@ -432,6 +441,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--checkpoint-dir", help="folder of <model>-q<quality>.pt and <model>.pt (default: the shipped ones)"
+    )
+    parser.add_argument(
+        "--effort",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="refinement efforts of every model (pcic encode --effort; HYPER family), each its own curve (default: 0)",
     )
     parser.add_argument("--device", default="cpu", help="device of the learned models (default: cpu)")
     parser.add_argument("--output", default="out/eval", help="folder for results.json, results.csv and rd.png")
