@@ -23,8 +23,9 @@ def test_low_target_bitrate_holds_on_the_running_encoder(tmp_path):
     scan = frames[0][1]
     height, width = rgb.shape[:2]
     lowest_bits = 8 * len(Codec("hyper", 1, device="cpu").encode(rgb, None, None))
-    # At 10 frames/s, half the frames fit even at the lowest quality.
-    target = 0.5 * 10 * lowest_bits
+    # At 10 frames/s, half the frames fit even at the lowest quality. An integer, as
+    # `ros2 launch ... target_bitrate:=2000000` passes one to this float parameter.
+    target = int(0.5 * 10 * lowest_bits)
     env = ros_environment(64, tmp_path / "ros_log")
     processes = start_pair(
         env,

@@ -54,8 +54,20 @@ RELEASE_MEMORY_DESCRIPTION = (
 
 
 def declare(node: Node, name: str, default: object, description: str) -> object:
-    """Declare a parameter with its description and return its value."""
-    return node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+    """Declare a parameter with its description and return its value.
+
+    A parameter with a float default also takes an integer (``target_bitrate:=2000000`` on the
+    ``ros2 launch`` command line is one, and rclpy would refuse it for a DOUBLE parameter) and returns
+    it as a float; anything but a number is refused with the parameter's name.
+    """
+    floating = isinstance(default, float)
+    descriptor = ParameterDescriptor(description=description, dynamic_typing=floating)
+    value = node.declare_parameter(name, default, descriptor).value
+    if not floating:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"parameter {name} must be a number, got {value!r}")
+    return float(value)
 
 
 def qos_from_parameters(node: Node, prefix: str, reliability: str, depth: int, what: str) -> QoSProfile:
