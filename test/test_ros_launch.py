@@ -66,9 +66,40 @@ def test_missing_required_argument_and_unknown_tags_are_reported(tmp_path):
     with pytest.raises(LaunchError, match="bag"):
         parse_launch(REPO / "launch" / "demo.launch.xml", {})
     odd = tmp_path / "odd.launch.xml"
-    odd.write_text('<launch><group><node pkg="pcic_ros" exec="encoder_node"/></group></launch>')
-    with pytest.raises(LaunchError, match="group"):
+    odd.write_text('<launch><timer period="1"><node pkg="pcic_ros" exec="encoder_node"/></timer></launch>')
+    with pytest.raises(LaunchError, match="timer"):
         parse_launch(odd, {})
+
+
+def test_each_end_of_the_demo_gets_its_own_parameters_and_topics():
+    encoder, decoder, _ = parse_launch(REPO / "launch" / "demo.launch.xml", {"bag": "/data/drive"})
+    assert [path.name for path in encoder.param_files] == ["encoder.yaml"]
+    assert [path.name for path in decoder.param_files] == ["decoder.yaml"]
+    assert encoder.remaps["image"] == "/camera/image_rect" and decoder.remaps["image"] == "/pcic/image"
+
+
+def test_includes_share_their_scope_and_only_a_group_keeps_it(tmp_path):
+    """As ros2 launch scopes them: an arg declared by one include is seen by the next, unless a group
+    holds it; a command-line argument reaches every file."""
+    child = tmp_path / "child.launch.xml"
+    child.write_text(
+        '<launch><arg name="topic" default="$(var first)"/>'
+        '<node pkg="pcic_ros" exec="encoder_node"><remap from="image" to="$(var topic)"/></node></launch>'
+    )
+
+    def topics(body: str, arguments: dict[str, str]) -> list[str]:
+        (tmp_path / "parent.launch.xml").write_text(f"<launch>{body}</launch>")
+        return [process.remaps["image"] for process in parse_launch(tmp_path / "parent.launch.xml", arguments)]
+
+    include = f'<include file="{child}"/>'
+    first = '<let name="first" value="/a"/>'
+    second = '<let name="first" value="/b"/>'
+    assert topics(first + include + second + include, {}) == ["/a", "/a"]
+    assert topics(f"{first}<group>{include}</group>{second}<group>{include}</group>", {}) == ["/a", "/b"]
+    assert topics(f'{first}<group scoped="false">{include}</group>{second}{include}', {}) == ["/a", "/a"]
+    assert topics(first + include, {"topic": "/given"}) == ["/given"]
+    with pytest.raises(LaunchError, match="first"):
+        topics(f'{first}<group forwarding="false">{include}</group>', {})
 
 
 def test_pcic_launch_prints_the_node_commands(capsys):

@@ -1,7 +1,8 @@
 """``pcic launch FILE [name:=value ...]``: run our XML launch files where ``ros2 launch`` is not installed.
 
-Understands the subset of the ROS 2 XML launch format that launch/*.launch.xml use: ``arg`` (with
-default), ``let``, ``set_env``, ``include`` (with ``arg``), ``node`` (pkg, exec, name, namespace,
+Understands the subset of the ROS 2 XML launch format that launch/*.launch.xml use, with ``ros2
+launch``'s scoping: ``arg`` (with default), ``let``, ``set_env``, ``include`` (with ``arg``),
+``group`` (scoped, forwarding), ``node`` (pkg, exec, name, namespace,
 ``param`` from a file or by name/value, ``remap``) and ``executable`` (cmd); substitutions ``$(var)``,
 ``$(env NAME [default])`` and ``$(find-pkg-share pcic_ros)``. Each node and executable runs as a
 child process; SIGINT/SIGTERM are passed on to them, and the launch ends when all have exited.
@@ -69,48 +70,78 @@ def _substitute(text: str, variables: dict[str, str]) -> str:
     return re.sub(r"\$\(([^)]*)\)", replace, text)
 
 
+@dataclass
+class _Scope:
+    """The launch configurations (``arg``/``let`` values) and environment that elements see: shared with
+    an ``include``, copied for a scoped ``group``, as in ROS 2's launch."""
+
+    variables: dict[str, str]
+    env: dict[str, str]
+
+    def copy(self, forwarding: bool) -> _Scope:
+        return _Scope(dict(self.variables), dict(self.env)) if forwarding else _Scope({}, {})
+
+
 def parse_launch(path: str | Path, arguments: dict[str, str]) -> list[Process]:
-    """The processes a launch file starts, with its includes expanded."""
-    path = Path(path)
+    """The processes a launch file starts, with its includes and groups expanded.
+
+    The scoping is ``ros2 launch``'s: command-line ``arguments`` are visible in every file, an
+    ``arg`` only takes its default when nothing set it before, an ``include`` shares the scope of the
+    file that includes it (its ``arg`` children and whatever the included file sets stay set after it),
+    and only a ``group`` (scoped unless ``scoped="false"``) keeps what is set inside it from leaking.
+    """
+    processes: list[Process] = []
+    _parse_file(Path(path), _Scope(dict(arguments), {}), processes)
+    return processes
+
+
+def _parse_file(path: Path, scope: _Scope, processes: list[Process]) -> None:
     try:
         root = ElementTree.parse(path).getroot()
     except (OSError, ElementTree.ParseError) as error:
         raise LaunchError(f"{path}: {error}") from None
     if root.tag != "launch":
         raise LaunchError(f"{path}: the root element is <{root.tag}>, not <launch>")
-    variables: dict[str, str] = {}
-    env: dict[str, str] = {}
-    processes: list[Process] = []
-    for element in root:
+    _parse_elements(path, root, scope, processes)
+
+
+def _flag(value: str, name: str, path: Path) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise LaunchError(f"{path}: {name}='{value}' is neither true nor false")
+    return value.lower() == "true"
+
+
+def _parse_elements(path: Path, parent: ElementTree.Element, scope: _Scope, processes: list[Process]) -> None:
+    for element in parent:
         tag = element.tag
         if not isinstance(tag, str):  # comments
             continue
-        attributes = {key: _substitute(value, variables) for key, value in element.attrib.items()}
+        attributes = {key: _substitute(value, scope.variables) for key, value in element.attrib.items()}
         if tag == "arg":
-            name = attributes["name"]
-            if name in arguments:
-                variables[name] = arguments[name]
-            elif "default" in attributes:
-                variables[name] = attributes["default"]
+            if attributes["name"] not in scope.variables and "default" in attributes:
+                scope.variables[attributes["name"]] = attributes["default"]
         elif tag == "let":
-            variables[attributes["name"]] = attributes["value"]
+            scope.variables[attributes["name"]] = attributes["value"]
         elif tag == "set_env":
-            env[attributes["name"]] = attributes["value"]
+            scope.env[attributes["name"]] = attributes["value"]
         elif tag == "include":
-            included_arguments = {}
             for child in element:
                 if child.tag == "arg":
-                    included_arguments[child.attrib["name"]] = _substitute(child.attrib["value"], variables)
-            for process in parse_launch(attributes["file"], included_arguments):
-                process.env = {**env, **process.env}
-                processes.append(process)
+                    scope.variables[child.attrib["name"]] = _substitute(child.attrib["value"], scope.variables)
+            _parse_file(Path(attributes["file"]), scope, processes)
+        elif tag == "group":
+            if _flag(attributes.get("scoped", "true"), "scoped", path):
+                inner = scope.copy(_flag(attributes.get("forwarding", "true"), "forwarding", path))
+            else:
+                inner = scope
+            _parse_elements(path, element, inner, processes)
         elif tag == "node":
-            processes.append(_node(element, attributes, variables, env))
+            processes.append(_node(element, attributes, scope.variables, scope.env))
         elif tag == "executable":
-            processes.append(Process(shlex.split(attributes["cmd"]), attributes.get("name", "executable"), dict(env)))
+            command = shlex.split(attributes["cmd"])
+            processes.append(Process(command, attributes.get("name", "executable"), dict(scope.env)))
         else:
             raise LaunchError(f"{path}: <{tag}> is not supported by pcic launch")
-    return processes
 
 
 def _node(element: ElementTree.Element, attributes: dict[str, str], variables: dict[str, str], env: dict) -> Process:
