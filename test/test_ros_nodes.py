@@ -1,8 +1,11 @@
 """Encoder and decoder nodes in separate processes on real rclpy, fed real KITTI frames."""
 
+import math
+
 import numpy as np
 import pytest
-from conftest import DATA
+import yaml
+from conftest import DATA, REPO
 from ros_harness import RosBench, ros_environment, start_pair
 
 from pcic_ros.codec.api import Codec
@@ -84,3 +87,25 @@ def test_every_frame_arrives_decoded_as_the_offline_codec_gives_it(tmp_path):
         np.testing.assert_array_equal(decoded, np.frombuffer(bytes(received.data), np.uint8).reshape(decoded.shape))
     encoder_stats = bench.latest_statistics("/pcic_test/pcic_encoder")
     assert encoder_stats is not None and encoder_stats.frames_in == 3
+
+
+def test_every_float_parameter_takes_an_integer(tmp_path):
+    """`ros2 launch pcic_ros vehicle.launch.xml target_bitrate:=2000000` passes an integer: each node
+    starts and reports with every float parameter of its shipped configuration given as one."""
+    parameters = {}
+    for executable in ("encoder", "decoder"):
+        shipped = yaml.safe_load((REPO / "config" / f"{executable}.yaml").read_text())["/**"]["ros__parameters"]
+        floats = {name: math.ceil(value) for name, value in shipped.items() if isinstance(value, float)}
+        assert floats and all(isinstance(value, int) for value in floats.values())
+        parameters[executable] = {**floats, "device": "cpu"}
+    env = ros_environment(67, tmp_path / "ros_log")
+    processes = start_pair(env, tmp_path, {**parameters["encoder"], "model": "hyper"}, parameters["decoder"])
+    bench = RosBench(67)
+    try:
+        nodes = ("/pcic_test/pcic_encoder", "/pcic_test/pcic_decoder")
+        started = bench.spin_until(lambda: all(bench.latest_statistics(node) for node in nodes), 120, processes)
+        assert started, [process.output() for process in processes]
+    finally:
+        bench.close()
+        codes = [process.stop() for process in processes]
+    assert codes == [0, 0], [process.output() for process in processes]
