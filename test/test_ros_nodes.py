@@ -1,12 +1,14 @@
 """Encoder and decoder nodes in separate processes on real rclpy, fed real KITTI frames."""
 
 import math
+import signal
+import time
 
 import numpy as np
 import pytest
 import yaml
 from conftest import DATA, REPO
-from ros_harness import RosBench, ros_environment, start_pair
+from ros_harness import LOSSLESS_PARAMETERS, RosBench, ros_environment, start_encoder, start_pair
 
 from pcic_ros.codec.api import Codec
 from pcic_ros.codec.projection import Calibration
@@ -109,3 +111,35 @@ def test_every_float_parameter_takes_an_integer(tmp_path):
         bench.close()
         codes = [process.stop() for process in processes]
     assert codes == [0, 0], [process.output() for process in processes]
+
+
+def test_sigint_ends_a_node_busy_coding_a_frame_within_launchs_five_seconds(tmp_path):
+    """ros2 launch escalates SIGINT to SIGTERM after 5 s: an encoder deep in a frame (here refining it
+    for minutes) abandons it and exits with status 0 well before."""
+    projection, lidar_to_camera, frames = kitti_frames(1)
+    rgb, scan = frames[0]
+    env = ros_environment(68, tmp_path / "ros_log")
+    encoder = start_encoder(
+        env, tmp_path / "encoder.log", {**LOSSLESS_PARAMETERS, "model": "hyper", "device": "cpu", "effort": 1000}
+    )
+    bench = RosBench(68)
+    try:
+        bench.wait_for_subscribers([encoder], image=1, scan=1)
+        bench.publish_static_transform(lidar_to_camera, "camera", "velodyne")
+        bench.publish_camera_info(projection, rgb.shape[1], rgb.shape[0], "camera")
+        bench.publish_frame(rgb, scan, START_NS)
+
+        def coding() -> bool:
+            stats = bench.latest_statistics("/pcic_test/pcic_encoder")
+            return stats is not None and stats.frames_in == 1 and stats.queue_depth == 0 and stats.frames_out == 0
+
+        assert bench.spin_until(coding, 120, [encoder]), encoder.output()
+        time.sleep(1.0)
+        encoder.process.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
+        encoder.process.wait(timeout=30)
+        stopped_s = time.monotonic() - signalled
+    finally:
+        bench.close()
+        code = encoder.stop()
+    assert code == 0 and stopped_s < 5.0, (code, stopped_s, encoder.output())

@@ -201,9 +201,9 @@ class DecoderNode(Node):
         msg = self._stats.message(self, self._problems.counts, self._jobs.qsize(), self._stats_period, encoder=False)
         self._stats_publisher.publish(msg)
 
-    def close(self) -> None:
-        """Stop the worker after the frame it is decoding."""
-        stop_worker(self._jobs, self._worker)
+    def close(self) -> bool:
+        """Stop the worker after the frame it is decoding; False when it is still busy (see stop_worker)."""
+        return stop_worker(self._jobs, self._worker)
 
 
 def main(args: list[str] | None = None) -> int:

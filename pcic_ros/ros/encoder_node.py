@@ -284,9 +284,9 @@ class EncoderNode(Node):
         msg = self._stats.message(self, self._problems.counts, self._jobs.qsize(), self._stats_period, encoder=True)
         self._stats_publisher.publish(msg)
 
-    def close(self) -> None:
-        """Stop the worker after the frame it is encoding."""
-        stop_worker(self._jobs, self._worker)
+    def close(self) -> bool:
+        """Stop the worker after the frame it is encoding; False when it is still busy (see stop_worker)."""
+        return stop_worker(self._jobs, self._worker)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -3,8 +3,10 @@ problem reporting and the statistics message."""
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -220,35 +222,64 @@ def put_newest(jobs: queue.Queue, job: object) -> bool:
     return dropped
 
 
-def stop_worker(jobs: queue.Queue, worker: threading.Thread) -> None:
-    """Drop the frames still queued for a node's worker thread, then stop it after the frame in hand."""
+#: How long a stopping node waits for the frame its worker has in hand. ros2 launch escalates SIGINT to
+#: SIGTERM after 5 s (its sigterm_timeout), and a HYPER-PC frame can take longer than that on a busy CPU;
+#: a frame still in hand after this is abandoned (it would reach the other end stale anyway).
+STOP_GRACE_S = 2.0
+
+
+def stop_worker(jobs: queue.Queue, worker: threading.Thread) -> bool:
+    """Drop the frames still queued for a node's worker thread and stop it after the frame in hand,
+    waiting STOP_GRACE_S at most; False when the worker is still busy with it."""
     while True:
         try:
             jobs.get_nowait()
         except queue.Empty:
             break
     jobs.put(None)
-    worker.join(timeout=30.0)
+    worker.join(timeout=STOP_GRACE_S)
+    return not worker.is_alive()
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM arrived while the node was still being built (loading its model)."""
 
 
 def spin_node(create: Callable[[], Node], args: list[str] | None) -> int:
-    """Run a node until SIGINT or SIGTERM (both end it cleanly, as a launcher sends them)."""
+    """Run a node until SIGINT or SIGTERM: both end it with status 0 within about STOP_GRACE_S, as a
+    launcher expects, even while it is loading its model or coding a frame."""
     rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = None
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if node is None:
+            # Building the node (loading weights) can take seconds: stop it where it stands.
+            raise _Stopped
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
+    finished = True
     try:
         node = create()
         executor = rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
-        return 0
+    except _Stopped:
+        pass
     finally:
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:
-                close()
+                finished = close()
             node.destroy_node()
         rclpy.try_shutdown()
+    if not finished:
+        # The worker thread is still inside torch: leave without waiting for it (interpreter shutdown
+        # would), once everything written so far is out.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
