@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 # rosidl generates the message code as a second Python package also named pcic_ros: pcic_ros.msg plus
 # the typesupport extension modules at the package root. A colcon install copies both halves into one
@@ -13,3 +14,13 @@ _generated = os.path.join(sys.prefix, "lib", "pcic_ros_interfaces", "pcic_ros")
 if os.path.isdir(_generated) and _generated not in __path__:
     __path__.append(_generated)
 del _generated
+
+
+def package_share() -> Path:
+    """Where pcic_ros keeps launch/, config/ and msg/: ``share/pcic_ros`` of the first install on
+    AMENT_PREFIX_PATH that has one (a sourced colcon workspace or ROS install), else the source tree."""
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        share = Path(prefix) / "share" / "pcic_ros"
+        if prefix and (share / "package.xml").is_file():
+            return share
+    return Path(__file__).resolve().parents[1]

@@ -4,11 +4,15 @@ remapped topics, included files; and pcic launch reads them."""
 import importlib.util
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pcic_ros import package_share
+from pcic_ros.bags.messages import _message_definition_dirs
 from pcic_ros.cli import build_parser, main
 from pcic_ros.ros.launch_runner import NODE_MODULES, LaunchError, parse_launch
 
@@ -109,3 +113,24 @@ def test_pcic_launch_prints_the_node_commands(capsys):
     assert "pcic_ros.ros.encoder_node" in lines[0] and "__ns:=/vehicle" in lines[0]
     assert "pcic_ros.ros.decoder_node" in lines[1] and "image:=/pcic/image" in lines[1]
     assert lines[2] == "pcic bag play /data/drive --wait-for-subscribers 120 --subscribers /lidar/points=2"
+
+
+def test_an_installed_package_finds_its_share_folder_and_runs_pcic(tmp_path, monkeypatch):
+    """A colcon install: launch/, config/ and msg/ under share/pcic_ros of a prefix on
+    AMENT_PREFIX_PATH (the bag tools read the message definitions there), and a pcic command that
+    CMake installs to bin/ only with the Python sources (the venv keeps pip's)."""
+    share = tmp_path / "install" / "share" / "pcic_ros"
+    (share / "msg").mkdir(parents=True)
+    (share / "package.xml").write_text((REPO / "package.xml").read_text())
+    monkeypatch.setenv("AMENT_PREFIX_PATH", os.pathsep.join([str(tmp_path / "elsewhere"), str(share.parents[1])]))
+    assert package_share() == share
+    assert _message_definition_dirs()[0] == share / "msg"
+    monkeypatch.delenv("AMENT_PREFIX_PATH")
+    assert package_share() == REPO and (package_share() / "msg" / "CompressedFrame.msg").is_file()
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    sources_only = cmake[cmake.index("if(PCIC_ROS_INSTALL_PYTHON_SOURCES)") : cmake.index("endif()")]
+    assert "install(PROGRAMS bin/pcic DESTINATION bin)" in sources_only
+    script = REPO / "bin" / "pcic"
+    assert os.access(script, os.X_OK)
+    done = subprocess.run([sys.executable, str(script), "info", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: pcic info" in done.stdout

@@ -21,6 +21,7 @@ import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from pcic_ros import package_share
 from pcic_ros.codec.projection import Calibration, CalibrationError
 
 __all__ = [
@@ -62,8 +63,9 @@ _SCAN_FIELDS = ("x", "y", "z", "intensity")
 
 
 def _message_definition_dirs() -> list[Path]:
-    # A source checkout keeps msg/ next to the package; an installed one has it under share/.
-    return [Path(__file__).resolve().parents[2] / "msg", Path(sys.prefix) / "share" / "pcic_ros" / "msg"]
+    # A source checkout keeps msg/ next to the package and a colcon install under its share/ (both
+    # package_share); scripts/build_interfaces.sh puts them under the venv's share/.
+    return [package_share() / "msg", Path(sys.prefix) / "share" / "pcic_ros" / "msg"]
 
 
 @cache

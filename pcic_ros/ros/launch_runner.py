@@ -22,7 +22,9 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LaunchError", "Process", "NODE_MODULES", "package_share", "parse_launch", "run", "add_parser"]
+from pcic_ros import package_share
+
+__all__ = ["LaunchError", "Process", "NODE_MODULES", "parse_launch", "run", "add_parser"]
 
 #: Executables of this package (nodes/ in the source tree, lib/pcic_ros on an install) -> module.
 NODE_MODULES = {"encoder_node": "pcic_ros.ros.encoder_node", "decoder_node": "pcic_ros.ros.decoder_node"}
@@ -42,15 +44,6 @@ class Process:
     param_files: list[Path] = field(default_factory=list)
     remaps: dict[str, str] = field(default_factory=dict)
     executable: str = ""
-
-
-def package_share() -> Path:
-    """Where pcic_ros keeps launch/ and config/: the installed share folder, else the source tree."""
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        share = Path(prefix) / "share" / "pcic_ros"
-        if prefix and (share / "launch").is_dir():
-            return share
-    return Path(__file__).resolve().parents[2]
 
 
 def _substitute(text: str, variables: dict[str, str]) -> str:
