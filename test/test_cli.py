@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+from pathlib import Path
+
 import numpy as np
+import torch
 from conftest import DATA, LAYOUT_FRAMES, pcic
 
+from pcic_ros.cli import main
 from pcic_ros.experiments.datasets import load_image
 
 IMAGE, SCAN, CALIB = (str(DATA / p) for p in LAYOUT_FRAMES["kitti_raw"])
@@ -43,3 +49,67 @@ def test_errors_are_reported_without_a_traceback(tmp_path):
 
     result = pcic("encode", IMAGE, "--scan", SCAN, "-o", str(tmp_path / "y.pcic"))
     assert result.returncode == 2 and "--calib" in result.stderr
+
+
+def _png(path, pixels: np.ndarray, colour_type: int, depth: int, size: tuple[int, int] | None = None) -> None:
+    """A PNG written chunk by chunk, so that its header can lie: ``size`` (width, height) claims that
+    size over the given pixels."""
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\0" + pixels[row].tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", *(size or (width, height)), depth, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
+    grey = np.arange(0, 65536, 257, dtype=">u2")[:256].reshape(16, 16)
+    _png(tmp_path / "mono16.png", grey, colour_type=0, depth=16)
+    image = load_image(tmp_path / "mono16.png")
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+    assert np.array_equal(image[..., 0], (grey.astype(np.uint32) // 257).astype(np.uint8))
+    assert np.array_equal(image[..., 0], image[..., 2])
+
+
+def test_unreadable_inputs_and_bad_options_are_refused_in_one_line(tmp_path, capsys):
+    """Exit status 2 and a message naming the cause, never a traceback; nothing is written."""
+    out = tmp_path / "out.pcic"
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(Path(IMAGE).read_bytes()[:5000])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image\n")
+    _png(tmp_path / "bomb.png", np.zeros((1, 1), np.uint8), colour_type=0, depth=8, size=(30000, 30000))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    cases = [
+        (["encode", str(truncated), "-o", str(out)], "not a readable image"),
+        (["encode", str(tmp_path / "empty.png"), "-o", str(out)], "not a readable image"),
+        (["encode", str(tmp_path / "text.png"), "-o", str(out)], "not a readable image"),
+        (["encode", str(tmp_path / "bomb.png"), "-o", str(out)], "decompression bomb"),
+        (["encode", str(tmp_path), "-o", str(out)], "is a folder, not an image"),
+        (["encode", IMAGE, "-o", str(tmp_path)], "is a folder"),
+        (["encode", IMAGE, "-o", "-"], "standard output"),
+        (["encode", IMAGE, "-o", str(out), "--model", "hyper", "--device", "bogus"], "unknown device"),
+        (["encode", IMAGE, "-o", str(out), "--model", "hyper", "--checkpoint", str(tmp_path / "bad.pt")], "bad.pt"),
+        (["decode", str(tmp_path), "-o", str(tmp_path / "x.png")], "Is a directory"),
+        (["info", str(tmp_path)], "Is a directory"),
+        (["decode", str(tmp_path / "none.pcic"), "-o", str(tmp_path / "x.unknown")], "image extension"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["encode", IMAGE, "-o", str(out), "--model", "hyper", "--device", "cuda"], "no usable CUDA"))
+    for arguments, cause in cases:
+        assert main(arguments) == 2, arguments
+        error = capsys.readouterr().err
+        assert cause in error and "Traceback" not in error and error.count("\n") == 1, (arguments, error)
+        assert not out.exists()
+
+
+def test_encode_refuses_to_overwrite_its_own_input(tmp_path, capsys):
+    source = tmp_path / "frame.png"
+    source.write_bytes(Path(IMAGE).read_bytes())
+    assert main(["encode", str(source), "-o", str(tmp_path / "." / "frame.png"), "--model", "hyper"]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert source.read_bytes() == Path(IMAGE).read_bytes()

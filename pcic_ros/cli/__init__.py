@@ -60,14 +60,26 @@ def _steps(value: str) -> int:
     return steps
 
 
+def _output_path(output: str, source: str) -> Path:
+    """Where a command may write: not its own input, not a folder, not '-' (no stdout mode)."""
+    path = Path(output)
+    if output == "-":
+        raise ValueError("-o - (standard output) is not supported: give a file name")
+    if path.is_dir():
+        raise ValueError(f"-o {output} is a folder: give a file name")
+    if path.exists() and Path(source).exists() and path.resolve() == Path(source).resolve():
+        raise ValueError(f"-o {output} is the input file: it would be overwritten")
+    return path
+
+
 def _encode(args: argparse.Namespace) -> int:
     from pcic_ros.codec.api import Codec
 
+    output = _output_path(args.output, args.image)
     image = load_image(args.image)
     scan, calibration = _frame_inputs(args)
     codec = Codec(args.model, args.quality, device=args.device, checkpoint=args.checkpoint)
     frame = codec.encode_frame(image, scan, calibration, reconstruct=False, effort=args.effort)
-    output = Path(args.output)
     output.write_bytes(frame.data)
     fallback = " (all-zeros fallback: no scan)" if frame.header.zeros_fallback else ""
     summary = f"{len(frame.data)} bytes, {frame.bits_per_pixel:.4f} bpp, {args.model} q{codec.quality:g}"
@@ -78,12 +90,15 @@ def _encode(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from pcic_ros.codec.api import Codec
 
+    output = _output_path(args.output, args.input)
+    if output.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"{output}: give the decoded image a file name with an image extension, e.g. .png")
     data = Path(args.input).read_bytes()
     header = read_header(data)
     scan, calibration = _frame_inputs(args)
     codec = Codec(header.model, header.quality, device=args.device)
     image = codec.decode(data, scan, calibration)
-    Image.fromarray(image).save(args.output)
+    Image.fromarray(image).save(output)
     print(f"{args.output}: {image.shape[1]} x {image.shape[0]} from {header.model} q{header.quality:g}")
     return 0
 
@@ -160,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BitstreamError, CalibrationError, DataError, FileNotFoundError, ValueError) as error:
+    except (BitstreamError, CalibrationError, DataError, ValueError) as error:
         print(f"pcic {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a missing file, a folder where a file belongs, a full disk, no permission
+        where = f": {error.filename}" if error.filename else ""
+        print(f"pcic {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2

@@ -149,7 +149,7 @@ class Codec:
     ) -> None:
         if max_decode_pixels < 1:
             raise ValueError(f"max_decode_pixels must be positive, got {max_decode_pixels}")
-        self.device = torch.device(device or default_device())
+        self.device = _check_device(device or default_device())
         self.max_decode_pixels = max_decode_pixels
         self.model_name = model
         self.quality = stored_quality(quality)
@@ -337,6 +337,19 @@ class Codec:
             # fixed-point hyper-synthesis refuses values past exact float64 integers.
             raise BitstreamError(f"entropy decoding failed: {error}") from None
         return _to_image(out["x_hat"], header.height, header.width)
+
+
+def _check_device(device: str) -> torch.device:
+    """``device`` as a torch device this machine has, else ValueError."""
+    try:
+        checked = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device '{device}' ({error}); use cpu or cuda") from None
+    if checked.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' asked for, but this machine has no usable CUDA GPU")
+    if checked.type not in ("cpu", "cuda"):
+        raise ValueError(f"device '{device}' is not supported; use cpu or cuda")
+    return checked
 
 
 def _rate(name: str, quality: float) -> dict[str, float]:

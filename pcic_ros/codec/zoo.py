@@ -10,6 +10,7 @@ processes build the very same untrained model.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pcic_ros.models.gain import check_quality
 from pcic_ros.models.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
 
 __all__ = [
+    "CheckpointError",
     "QUALITY_LAMBDAS",
     "ModelSpec",
     "MODELS",
@@ -175,6 +177,32 @@ def stored_state_dict(state: dict) -> dict[str, torch.Tensor]:
     return restored
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, or holds weights of another model."""
+
+
+def _load_checkpoint(model: PointCloudCompressionModel, checkpoint: str | Path, name: str) -> None:
+    """Load a checkpoint file's weights into ``model`` (registered as ``name``), or CheckpointError."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {checkpoint}") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"{checkpoint}: not a readable checkpoint ({_first_line(error)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{checkpoint}: not a checkpoint (it holds a {type(state).__name__})")
+    try:
+        model.load_state_dict(stored_state_dict(state.get("state_dict", state)))
+    except (RuntimeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{checkpoint}: not weights of '{name}' ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    """torch's load errors run to pages; their first line names the cause."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def create_model(
     name: str,
     quality: float = 4,
@@ -204,8 +232,7 @@ def create_model(
         torch.manual_seed(_seed(name, quality))
         model = spec.build()
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(stored_state_dict(state.get("state_dict", state)))
+        _load_checkpoint(model, checkpoint, name)
     else:
         model.update(force=True)
     return model.eval().to(device)

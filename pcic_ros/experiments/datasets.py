@@ -57,12 +57,29 @@ class Frame:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as H x W x 3 uint8 RGB."""
+    """An image file as H x W x 3 uint8 RGB. 16-bit images are scaled to 8 bits (not clipped, which
+    would turn most of a camera's 16-bit frame white); DataError for anything unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an image")
     if not path.is_file():
         raise DataError(f"image not found: {path}")
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, pixels = image.mode, np.asarray(image)
+            rgb = np.asarray(image.convert("RGB")) if not mode.startswith("I") else None
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{path}: refused as a decompression bomb ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
+        raise DataError(f"{path}: not a readable image ({error})") from None
+    if rgb is not None:
+        return rgb
+    # Integer grey ("I;16" and its byte orders, "I"): 16-bit samples, scaled as cv_bridge scales mono16.
+    if pixels.min() < 0 or pixels.max() > 65535:
+        raise DataError(f"{path}: {mode} samples outside 0..65535 are not an image this codec takes")
+    grey = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def load_scan(path: str | Path) -> np.ndarray:
