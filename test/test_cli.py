@@ -7,11 +7,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import DATA, LAYOUT_FRAMES, pcic
 
 from pcic_ros.cli import main
-from pcic_ros.experiments.datasets import load_image
+from pcic_ros.experiments.datasets import DataError, load_image, load_scan
 
 IMAGE, SCAN, CALIB = (str(DATA / p) for p in LAYOUT_FRAMES["kitti_raw"])
 
@@ -113,3 +114,14 @@ def test_encode_refuses_to_overwrite_its_own_input(tmp_path, capsys):
     assert main(["encode", str(source), "-o", str(tmp_path / "." / "frame.png"), "--model", "hyper"]) == 2
     assert "is the input file" in capsys.readouterr().err
     assert source.read_bytes() == Path(IMAGE).read_bytes()
+
+
+def test_a_scan_that_is_not_float32_points_is_refused(tmp_path):
+    scan = load_scan(SCAN)
+    scan.astype(np.float64).tofile(tmp_path / "float64.bin")
+    with pytest.raises(DataError, match="float64"):
+        load_scan(tmp_path / "float64.bin")
+    (tmp_path / "long.bin").write_bytes(Path(SCAN).read_bytes() + b"\0\0\0")
+    with pytest.raises(DataError, match="not a whole number of 16-byte points"):
+        load_scan(tmp_path / "long.bin")
+    assert np.array_equal(load_scan(SCAN), scan)

@@ -71,6 +71,13 @@ def test_points_behind_outside_or_not_finite_are_dropped_and_nearest_wins():
     depth = project_points(points, calib, 80, 100)
     assert np.count_nonzero(depth) == 1
     assert depth[40, 50] == 5.0
+    # A float64 scan with a coordinate float32 cannot hold: dropped, not an inf that breaks eq. 3.
+    corrupt = np.vstack([points.astype(np.float64), [[0.0, 0.0, 1e300]]])
+    depth = project_points(corrupt, calib, 80, 100)
+    assert np.count_nonzero(depth) == 1 and np.isfinite(depth).all()
+    assert np.count_nonzero(equalize_depth(depth)) == 1
+    with pytest.raises(ValueError, match="non-finite"):
+        equalize_depth(np.full((2, 2), np.inf, np.float32))
 
 
 def test_empty_scan_gives_an_empty_map_and_bad_shapes_are_rejected():

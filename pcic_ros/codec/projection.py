@@ -158,8 +158,8 @@ def project_points(points: np.ndarray, calibration: Calibration, height: int, wi
 
     Returns:
         float32 array of shape (height, width): the depth (camera z, metres) of the nearest point that
-        lands on each pixel, 0 where no point lands. Points with NaN/inf coordinates, behind the camera
-        or outside the image are dropped.
+        lands on each pixel, 0 where no point lands. Points with NaN/inf coordinates, behind the camera,
+        beyond float32's range or outside the image are dropped.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height} x {width}")
@@ -173,7 +173,8 @@ def project_points(points: np.ndarray, calibration: Calibration, height: int, wi
         u_h = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2] * z + matrix[0, 3]
         v_h = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2] * z + matrix[1, 3]
         depth = matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2] * z + matrix[2, 3]
-        in_front = np.isfinite(depth) & (depth > 0)
+        # The depth map is float32: a point too far for it (a corrupt coordinate) would land as inf.
+        in_front = np.isfinite(depth) & (depth > 0) & (depth <= np.finfo(np.float32).max)
         u = np.floor(u_h[in_front] / depth[in_front])
         v = np.floor(v_h[in_front] / depth[in_front])
     depth = depth[in_front]
@@ -209,6 +210,8 @@ def equalize_depth(depth_map: np.ndarray, levels: int = DEFAULT_DEPTH_LEVELS) ->
     if count == 0:
         return out
     depth = depth_map[occupied].astype(np.float64)
+    if not np.all(np.isfinite(depth)):
+        raise ValueError("depth map holds non-finite depths")
     span = depth.max() - depth.min()
     if span > 0:
         quantised = np.rint((depth - depth.min()) / span * levels).astype(np.int64)
