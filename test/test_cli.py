@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 from conftest import DATA, LAYOUT_FRAMES, pcic
 
 from pcic_ros.cli import main
+from pcic_ros.codec.api import Codec
+from pcic_ros.codec.bitstream import pack, unpack
 from pcic_ros.experiments.datasets import DataError, load_image, load_scan
 
 IMAGE, SCAN, CALIB = (str(DATA / p) for p in LAYOUT_FRAMES["kitti_raw"])
@@ -125,3 +128,18 @@ def test_a_scan_that_is_not_float32_points_is_refused(tmp_path):
     with pytest.raises(DataError, match="not a whole number of 16-byte points"):
         load_scan(tmp_path / "long.bin")
     assert np.array_equal(load_scan(SCAN), scan)
+
+
+def test_decode_refuses_a_forged_header_asking_for_a_huge_frame_at_once(tmp_path, capsys):
+    """A valid 4K container whose strings hold a tiny frame: the header alone decides the cost, so the
+    CLI refuses above --max-pixels (Full HD by default) before allocating anything."""
+    image = load_image(IMAGE)[:64, :64]
+    frame = Codec("hyper", 1, device="cpu").encode_frame(image, None, None, reconstruct=False)
+    forged = dataclasses.replace(frame.header, height=2160, width=3840, padded_height=2176, padded_width=3840)
+    _, strings = unpack(frame.data)
+    (tmp_path / "4k.pcic").write_bytes(pack(forged, strings))
+    assert main(["decode", str(tmp_path / "4k.pcic"), "-o", str(tmp_path / "4k.png")]) == 2
+    assert "3840 x 2160 frame is larger than this decoder accepts" in capsys.readouterr().err
+    assert not (tmp_path / "4k.png").exists()
+    small = ["decode", str(tmp_path / "4k.pcic"), "-o", str(tmp_path / "x.png"), "--max-pixels", "4096"]
+    assert main(small) == 2 and "larger than this decoder accepts (4096 pixels" in capsys.readouterr().err

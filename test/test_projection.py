@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import DATA, LAYOUT_FRAMES, load_layout_frame
 
 from pcic_ros.cli import load_calibration
+from pcic_ros.codec.api import depth_input
 from pcic_ros.codec.projection import (
     Calibration,
     CalibrationError,
@@ -103,6 +107,45 @@ def test_missing_or_malformed_calibration_raises_calibration_error(tmp_path):
         Calibration.from_matrices(np.full((3, 3), np.nan), np.eye(4))
     with pytest.raises(CalibrationError, match="last row"):
         Calibration.from_matrices(np.eye(3), np.ones((4, 4)))
+
+
+def test_calibrations_that_cannot_be_right_are_refused_by_name(tmp_path):
+    """A typo in a rotation, a scaled extrinsic, a key given twice, a number that is not one, a
+    singular projection, a binary file: each a CalibrationError naming it, not a silent wrong frame."""
+    source = (DATA / LAYOUT_FRAMES["kitti_object"][2]).read_text()
+    assert Calibration.from_kitti_object(DATA / LAYOUT_FRAMES["kitti_object"][2])
+    rows = dict(line.split(":", 1) for line in source.splitlines() if ":" in line)
+
+    def calibration_with(key: str, values: str | None, extra: str = "") -> Path:
+        changed = {**rows, key: f" {values}"} if values is not None else rows
+        path = tmp_path / f"calib{len(list(tmp_path.iterdir()))}.txt"
+        path.write_text("".join(f"{k}:{v}\n" for k, v in changed.items()) + extra)
+        return path
+
+    rotation = [float(v) for v in rows["R0_rect"].split()]
+    typo = " ".join(str(v * 100 if i == 0 else v) for i, v in enumerate(rotation))
+    scaled = " ".join(str(2 * float(v)) for v in rows["Tr_velo_to_cam"].split())
+    cases = [
+        (calibration_with("R0_rect", typo), "R_rect: its rotation is not a rotation"),
+        (calibration_with("Tr_velo_to_cam", scaled), "T_cam_lidar: its rotation is not a rotation"),
+        (calibration_with("P2", None, extra=f"P2:{rows['P2']}\n"), "'P2' is given twice"),
+        (calibration_with("P2", rows["P2"].replace(".", ",", 1)), "'P2' is not a list of numbers"),
+        (calibration_with("P2", " ".join(["0"] * 12)), "singular"),
+    ]
+    for path, message in cases:
+        with pytest.raises(CalibrationError, match=re.escape(message)):
+            Calibration.from_kitti_object(path)
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)))
+    with pytest.raises(CalibrationError, match="not a text calibration file"):
+        Calibration.from_kitti_object(tmp_path / "binary.txt")
+
+
+def test_an_image_of_another_size_than_the_calibrations_camera_is_refused():
+    image, scan, calibration = load_layout_frame("kitti_raw")
+    assert calibration.image_size == (image.shape[1], image.shape[0])
+    depth_input(scan, calibration, *image.shape[:2], 255)
+    with pytest.raises(CalibrationError, match="calibration is for 1242 x 375 images, this one is 1000 x 375"):
+        depth_input(scan, calibration, 375, 1000, 255)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUT_FRAMES))

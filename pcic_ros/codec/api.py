@@ -86,11 +86,12 @@ def depth_input(
     scan = np.asarray(scan)
     if scan.ndim != 2 or scan.shape[1] not in (3, 4) or not np.issubdtype(scan.dtype, np.number):
         raise ScanError(f"scan must be a numeric N x 3 or N x 4 array, got {scan.dtype} {scan.shape}")
+    calibration.check_image_size(height, width)
     equalized = equalize_depth(project_points(scan, calibration, height, width), levels)
     if not equalized.any():
         raise ScanError(
             f"none of the scan's {scan.shape[0]} points lands in the {width} x {height} image; "
-            "pass scan=None to code the frame with the all-zeros fallback"
+            "code the frame without a scan for the all-zeros fallback"
         )
     return equalized
 

@@ -55,26 +55,55 @@ def _homogeneous(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-def _read_key_values(path: Path) -> dict[str, list[float]]:
+def _read_key_values(path: Path) -> dict[str, list[float] | str]:
+    """Each ``key: numbers`` line of a KITTI calibration file; the text of a line that is not numbers
+    (calib_time needs none; a key that is needed says so in ``_require``)."""
     if not path.is_file():
         raise CalibrationError(f"calibration file not found: {path}")
-    values: dict[str, list[float]] = {}
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CalibrationError(f"{path}: not a text calibration file") from None
+    values: dict[str, list[float] | str] = {}
+    for line in text.splitlines():
         key, sep, rest = line.partition(":")
         if not sep:
             continue
+        key = key.strip()
+        if key in values:
+            raise CalibrationError(f"{path}: '{key}' is given twice")
         try:
-            values[key.strip()] = [float(v) for v in rest.split()]
+            values[key] = [float(v) for v in rest.split()]
         except ValueError:
-            # Non-numeric entries such as calib_time are not needed for projection.
-            continue
+            values[key] = rest.strip()
     return values
 
 
-def _require(values: dict[str, list[float]], key: str, path: Path) -> list[float]:
+def _require(values: dict[str, list[float] | str], key: str, path: Path) -> list[float]:
     if key not in values:
         raise CalibrationError(f"{path}: missing '{key}'")
+    if isinstance(values[key], str):
+        raise CalibrationError(f"{path}: '{key}' is not a list of numbers: {values[key][:60]!r}")
     return values[key]
+
+
+#: How far from orthonormal a calibration's rotation may be: KITTI prints 6-7 digits (about 1e-6).
+_ROTATION_TOLERANCE = 1e-3
+
+
+def _check_rotation(rotation: np.ndarray, name: str) -> None:
+    """A rotation is orthonormal with determinant +1: a typo in one entry, or a scaled transform, is not."""
+    error = np.abs(rotation @ rotation.T - np.eye(3)).max()
+    if error > _ROTATION_TOLERANCE or np.linalg.det(rotation) < 0:
+        raise CalibrationError(
+            f"{name}: its rotation is not a rotation (R R^T differs from I by {error:.3g}, "
+            f"det {np.linalg.det(rotation):.3g})"
+        )
+
+
+def _check_projection(projection: np.ndarray, name: str) -> None:
+    if np.linalg.matrix_rank(projection[:, :3]) < 3:
+        raise CalibrationError(f"{name}: its left 3x3 block is singular, so it projects nothing")
 
 
 @dataclass(frozen=True)
@@ -90,11 +119,25 @@ class Calibration:
     projection: np.ndarray
     rectification: np.ndarray
     lidar_to_camera: np.ndarray
+    #: (width, height) of the images this calibration is for, where the calibration says (KITTI raw's
+    #: S_rect_0X); None where it does not.
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "projection", _as_matrix(self.projection, (3, 4), "P"))
         object.__setattr__(self, "rectification", _as_matrix(self.rectification, (4, 4), "R_rect"))
         object.__setattr__(self, "lidar_to_camera", _as_matrix(self.lidar_to_camera, (4, 4), "T_cam_lidar"))
+        _check_projection(self.projection, "P")
+        _check_rotation(self.rectification[:3, :3], "R_rect")
+        _check_rotation(self.lidar_to_camera[:3, :3], "T_cam_lidar")
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """CalibrationError when the calibration is for images of another size."""
+        if self.image_size is not None and tuple(self.image_size) != (width, height):
+            raise CalibrationError(
+                f"the calibration is for {self.image_size[0]} x {self.image_size[1]} images, "
+                f"this one is {width} x {height} (another camera's calibration?)"
+            )
 
     @property
     def lidar_to_image(self) -> np.ndarray:
@@ -138,7 +181,11 @@ class Calibration:
         rotation = _as_matrix(_require(velo, "R", velo_path), (3, 3), "R")
         translation = _as_matrix(_require(velo, "T", velo_path), (3, 1), "T")
         velo_to_cam = np.hstack([rotation, translation])
-        return cls(projection, _homogeneous(rectification), _homogeneous(velo_to_cam))
+        size_key = f"S_rect_0{camera}"
+        size = tuple(int(round(v)) for v in _require(cam, size_key, cam_path)) if size_key in cam else None
+        if size is not None and len(size) != 2:
+            raise CalibrationError(f"{cam_path}: '{size_key}' must be width and height")
+        return cls(projection, _homogeneous(rectification), _homogeneous(velo_to_cam), size)
 
 
 def _validate_points(points: np.ndarray) -> np.ndarray:
