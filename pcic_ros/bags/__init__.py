@@ -656,7 +656,7 @@ def _run_decode(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    bag = subparsers.add_parser("bag", help="rosbag2 (MCAP) tools: from-kitti, play, record, decode")
+    bag = subparsers.add_parser("bag")
     sub = bag.add_subparsers(dest="bag_command", required=True)
 
     kitti = sub.add_parser("from-kitti", help="write a KITTI raw drive as a bag")

@@ -1,7 +1,9 @@
-"""The ``pcic`` command: encode, decode, info, demo, and the subcommands other modules add.
+"""The ``pcic`` command: encode, decode, info, and the subcommands other modules add.
 
 Each subcommand module exposes ``add_parser(subparsers)`` which registers its parser and sets
-``func`` (a callable taking the parsed arguments and returning an exit code).
+``func`` (a callable taking the parsed arguments and returning an exit code). Only the module of the
+command being run is imported (``SUBCOMMANDS``), and torch only by commands that code: ``pcic --help``
+and ``pcic info`` answer at once instead of after loading every library.
 """
 
 from __future__ import annotations
@@ -21,16 +23,23 @@ from pcic_ros.experiments.datasets import DataError, load_image, load_scan
 
 __all__ = ["main", "build_parser", "load_calibration"]
 
-#: Modules that add subcommands besides the ones defined here.
-SUBCOMMAND_MODULES: list[str] = [
-    "pcic_ros.experiments.demo",
-    "pcic_ros.experiments.training_data",
-    "pcic_ros.experiments.training",
-    "pcic_ros.experiments.evaluation",
-    "pcic_ros.bags",
-    "pcic_ros.ros.launch_runner",
-    "pcic_ros.experiments.study",
-]
+#: Subcommands defined in other modules: name -> (module that adds it, one-line help).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pcic_ros.experiments.demo", "encode/decode a few real frames with HYPER-PC, HYPER and JPEG"),
+    "prepare": ("pcic_ros.experiments.training_data", "project every scan once and cache c_proj for training"),
+    "train": ("pcic_ros.experiments.training", "train a model (eq. 14); under torchrun, distributed"),
+    "eval": ("pcic_ros.experiments.evaluation", "rate-distortion of models and classic anchors on real frames"),
+    "report": ("pcic_ros.experiments.evaluation", "RD table and figure from an eval's results.json"),
+    "bag": ("pcic_ros.bags", "rosbag2 (MCAP) tools: from-kitti, play, record, decode"),
+    "launch": ("pcic_ros.ros.launch_runner", "run a launch/*.launch.xml file without ros2 launch"),
+    "study": ("pcic_ros.experiments.study", "the paper's experiments: train, evaluate, BD-rate tables"),
+}
+#: The commands defined here.
+CORE_COMMANDS = {
+    "encode": "compress an image (with its LiDAR scan) into a .pcic file",
+    "decode": "decompress a .pcic file to an image",
+    "info": "print the header of a .pcic file",
+}
 
 
 def load_calibration(path: str | Path) -> Calibration:
@@ -143,13 +152,57 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pcic_ros.codec.zoo import model_names
+class _HelpedSubparsers:
+    """The subparsers action as a subcommand module sees it: each command gets its help from
+    SUBCOMMANDS, the one place that lists them."""
 
+    def __init__(self, subparsers: argparse._SubParsersAction) -> None:
+        self._subparsers = subparsers
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return self._subparsers.add_parser(name, help=SUBCOMMANDS[name][1], **kwargs)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The pcic parser, complete for ``command`` (for every command when None); the others are there
+    by name and help only, so that building it imports nothing the command does not need."""
     parser = argparse.ArgumentParser(prog="pcic", description="LiDAR-assisted learned image compression")
     sub = parser.add_subparsers(dest="command", required=True)
+    wanted = set(CORE_COMMANDS) | set(SUBCOMMANDS) if command is None else {command}
+    if "encode" in wanted:
+        _add_encode_parser(sub)
+    else:
+        sub.add_parser("encode", help=CORE_COMMANDS["encode"])
+    decode = sub.add_parser("decode", help=CORE_COMMANDS["decode"])
+    decode.add_argument("input", help=".pcic file")
+    decode.add_argument("-o", "--output", required=True, help="output image (PNG)")
+    decode.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=DEFAULT_MAX_DECODE_PIXELS,
+        help="refuse frames larger than this (default: 1920 x 1080). A file's header, not its size, says what "
+        "decoding costs: a forged 49-byte file can ask for gigabytes",
+    )
+    _add_frame_arguments(decode)
+    decode.set_defaults(func=_decode)
 
-    encode = sub.add_parser("encode", help="compress an image (with its LiDAR scan) into a .pcic file")
+    info = sub.add_parser("info", help=CORE_COMMANDS["info"])
+    info.add_argument("input")
+    info.set_defaults(func=_info)
+
+    modules = dict.fromkeys(module for name, (module, _) in SUBCOMMANDS.items() if name in wanted)
+    for module in modules:
+        importlib.import_module(module).add_parser(_HelpedSubparsers(sub))
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if module not in modules:
+            sub.add_parser(name, help=help_text)
+    return parser
+
+
+def _add_encode_parser(sub: argparse._SubParsersAction) -> None:
+    from pcic_ros.codec.zoo import model_names
+
+    encode = sub.add_parser("encode", help=CORE_COMMANDS["encode"])
     encode.add_argument("image", help="RGB image (PNG, ...)")
     encode.add_argument("-o", "--output", required=True, help="output .pcic file")
     encode.add_argument("--model", default="hyper-pc", choices=model_names())
@@ -170,32 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_frame_arguments(encode)
     encode.set_defaults(func=_encode)
 
-    decode = sub.add_parser("decode", help="decompress a .pcic file to an image")
-    decode.add_argument("input", help=".pcic file")
-    decode.add_argument("-o", "--output", required=True, help="output image (PNG)")
-    decode.add_argument(
-        "--max-pixels",
-        type=_positive,
-        default=DEFAULT_MAX_DECODE_PIXELS,
-        help="refuse frames larger than this (default: 1920 x 1080). A file's header, not its size, says what "
-        "decoding costs: a forged 49-byte file can ask for gigabytes",
-    )
-    _add_frame_arguments(decode)
-    decode.set_defaults(func=_decode)
 
-    info = sub.add_parser("info", help="print the header of a .pcic file")
-    info.add_argument("input")
-    info.set_defaults(func=_info)
-
-    for module in SUBCOMMAND_MODULES:
-        importlib.import_module(module).add_parser(sub)
-    return parser
+def _command(argv: list[str]) -> str:
+    """The subcommand of a pcic command line ('' when there is none, e.g. ``pcic --help``)."""
+    return next((word for word in argv if not word.startswith("-")), "")
 
 
 def main(argv: list[str] | None = None) -> int:
     # CompressAI calls the deprecated torch.jit.script at import; that is not the user's concern.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         return args.func(args)
     except (BitstreamError, CalibrationError, DataError, ValueError) as error:

@@ -111,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="encode/decode a few real frames with HYPER-PC, HYPER and JPEG")
+    parser = subparsers.add_parser("demo")
     parser.add_argument("--data", help="KITTI data folder (default: $PCIC_DATA or ../shared/data)")
     parser.add_argument("--output", default="out/demo", help="folder for the side-by-side images")
     parser.add_argument("--frames", type=int, default=4, help="number of frames")

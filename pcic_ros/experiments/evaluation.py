@@ -417,7 +417,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="rate-distortion of models and classic anchors on real frames")
+    parser = subparsers.add_parser("eval")
     parser.add_argument("--data", required=True, help="KITTI data folder")
     parser.add_argument("--model", nargs="+", default=["hyper-pc", "hyper"], choices=sorted(MODELS))
     parser.add_argument(
@@ -453,7 +453,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", default="out/eval", help="folder for results.json, results.csv and rd.png")
     parser.set_defaults(func=_run_eval)
 
-    report = subparsers.add_parser("report", help="RD table and figure from an eval's results.json")
+    report = subparsers.add_parser("report")
     report.add_argument("results", help="results.json of pcic eval")
     report.add_argument(
         "--merge",

@@ -499,9 +499,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "study", help="the paper's experiments: train, evaluate, BD-rate tables", description=__doc__.split("\n\n")[0]
-    )
+    parser = subparsers.add_parser("study", description=__doc__.split("\n\n")[0])
     studies = parser.add_subparsers(dest="study", required=True)
     for name, title in STUDIES.items():
         sub = studies.add_parser(name, help=title, description=title)

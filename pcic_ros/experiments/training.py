@@ -662,9 +662,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train", help="train a model (eq. 14); under torchrun, distributed", description=__doc__.split("\n\n")[0]
-    )
+    parser = subparsers.add_parser("train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML run configuration (see config/train/)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     parser.add_argument("--install", action="store_true", help="copy the result to the registry's checkpoint path")

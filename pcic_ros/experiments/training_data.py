@@ -266,7 +266,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("prepare", help="project every scan once and cache c_proj for training")
+    parser = subparsers.add_parser("prepare")
     parser.add_argument("--data", required=True, help="KITTI data folder (raw, object or KITTI-360 object layout)")
     parser.add_argument("--cache", help="cache folder (default: <data>/c_proj_cache; use one when data is read-only)")
     parser.add_argument("--levels", type=int, default=DEFAULT_DEPTH_LEVELS, help="s of eq. 3")

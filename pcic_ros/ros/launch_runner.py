@@ -202,7 +202,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    launch = subparsers.add_parser("launch", help="run a launch/*.launch.xml file without ros2 launch")
+    launch = subparsers.add_parser("launch")
     launch.add_argument("file", help="launch file, e.g. launch/demo.launch.xml")
     launch.add_argument("arguments", nargs="*", help="launch arguments as name:=value")
     launch.add_argument("--print", action="store_true", help="print the commands instead of running them")
