@@ -34,7 +34,7 @@ from sensor_msgs.msg import Image
 from tqdm import tqdm
 
 from pcic_ros.experiments.datasets import discover_frames
-from pcic_ros.ros.conversions import stamp_to_ns
+from pcic_ros.ros.messages import stamp_to_ns
 
 # The feeder and the node processes are the ROS tests' own harness, so the bench runs what they check.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))

@@ -109,3 +109,14 @@ def assert_ablations_round_trip(codecs: Codecs, family: str, image, scan, calib,
         assert not read_header(frame.data).zeros_fallback
         decoder_scan = (scan, calib) if at_decoder else (None, None)
         np.testing.assert_array_equal(codec.decode(frame.data, *decoder_scan), frame.reconstruction, err_msg=name)
+
+
+def bag_calibration(camera_info, tf_message, lidar_frame: str = "velodyne"):
+    """The calibration `pcic bag decode` and the nodes build from a bag's CameraInfo and /tf_static."""
+    from pcic_ros.ros.tf_buffer import TransformBuffer, frame_calibration
+
+    transforms = TransformBuffer()
+    for transform in tf_message.transforms:
+        transforms.add(transform, static=True)
+    size = (int(camera_info.width), int(camera_info.height))
+    return frame_calibration(camera_info, transforms, camera_info.header.frame_id, lidar_frame, 0, *size)

@@ -20,7 +20,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
-from pcic_ros.ros.conversions import ns_to_stamp, points_to_pointcloud2, rgb_to_image, stamp_to_ns
+from pcic_ros.ros.conversions import ns_to_stamp, points_to_pointcloud2, rgb_to_image
+from pcic_ros.ros.messages import stamp_to_ns
 from pcic_ros.ros.tf_buffer import transform_from_matrix
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, bag_calibration
 from rosbags.rosbag2 import Reader
 
 from pcic_ros.bags import CAMERA_INFO_TOPIC, IMAGE_TOPIC, POINTS_TOPIC, TF_STATIC_TOPIC, from_kitti
 from pcic_ros.bags import messages as bm
 from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.ros.messages import image_to_rgb, pointcloud2_to_points, stamp_to_ns
 
 DRIVE = DATA / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_sfnd_sync"
 FIRST_FRAME = 10
@@ -55,21 +56,21 @@ def test_from_kitti_images_and_scans_are_the_original_data(kitti_bag):
     scans = [m for topic, _, m in messages if topic == POINTS_TOPIC]
     for frame, image, cloud in zip(drive_frames(), images, scans, strict=True):
         assert image.encoding == "rgb8" and image.header.frame_id == bm.CAMERA_FRAME
-        np.testing.assert_array_equal(bm.image_from_message(image), frame.image())
+        np.testing.assert_array_equal(image_to_rgb(image), frame.image())
         assert cloud.header.frame_id == bm.LIDAR_FRAME
         assert [f.name for f in cloud.fields] == ["x", "y", "z", "intensity"]
-        np.testing.assert_array_equal(bm.scan_from_point_cloud(cloud), frame.scan())
+        np.testing.assert_array_equal(pointcloud2_to_points(cloud), frame.scan()[:, :3])
 
 
 def test_from_kitti_frames_are_spaced_at_10_hz_and_logged_at_their_stamps(kitti_bag):
     messages = read_bag(kitti_bag)
     for topic in (IMAGE_TOPIC, CAMERA_INFO_TOPIC, POINTS_TOPIC):
-        stamps = [bm.stamp_nanoseconds(m.header.stamp) for t, _, m in messages if t == topic]
+        stamps = [stamp_to_ns(m.header.stamp) for t, _, m in messages if t == topic]
         logged = [log_time for t, log_time, _ in messages if t == topic]
         assert stamps == logged
         assert np.diff(stamps).tolist() == [100_000_000] * (FRAME_COUNT - 1)
-    image_stamps = [bm.stamp_nanoseconds(m.header.stamp) for t, _, m in messages if t == IMAGE_TOPIC]
-    scan_stamps = [bm.stamp_nanoseconds(m.header.stamp) for t, _, m in messages if t == POINTS_TOPIC]
+    image_stamps = [stamp_to_ns(m.header.stamp) for t, _, m in messages if t == IMAGE_TOPIC]
+    scan_stamps = [stamp_to_ns(m.header.stamp) for t, _, m in messages if t == POINTS_TOPIC]
     assert image_stamps == scan_stamps
     assert messages[0][0] == TF_STATIC_TOPIC and messages[0][1] <= image_stamps[0]
 
@@ -85,7 +86,7 @@ def test_from_kitti_calibration_reproduces_the_kitti_projection(kitti_bag):
     assert (info.width, info.height) == (1242, 375)
     [transform] = tf_message.transforms
     assert (transform.header.frame_id, transform.child_frame_id) == ("camera", "velodyne")
-    from_bag = bm.calibration_from_messages(info, tf_message, lidar_frame="velodyne")
+    from_bag = bag_calibration(info, tf_message, lidar_frame="velodyne")
     # P * (R_rect * T_velo_to_cam) is eq. 2's P * R_rect * T_velo_to_cam, up to the quaternion's
     # orthonormal rotation (KITTI's is orthonormal to ~5e-8): every point lands within 1e-3 pixel.
     scan = drive_frames()[0].scan()
@@ -111,7 +112,7 @@ def test_from_kitti_uses_the_drive_timestamps_files_when_present(tmp_path):
     (drive / "velodyne_points" / "timestamps.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "bag"
     assert from_kitti(drive, out) == 2
-    stamps = [bm.stamp_nanoseconds(m.header.stamp) for t, _, m in read_bag(out) if t == IMAGE_TOPIC]
+    stamps = [stamp_to_ns(m.header.stamp) for t, _, m in read_bag(out) if t == IMAGE_TOPIC]
     day = 1316995200 * 1_000_000_000
     second = day + (13 * 3600 + 2 * 60 + 25) * 1_000_000_000
     assert stamps == [second + 10, second + 11]
@@ -139,9 +140,8 @@ def compressed_frame_message(data: bytes, stamp_ns: int, scan_stamp_ns: int | No
 def compressed_bag(kitti_bag, tmp_path_factory):
     """A bag of CompressedFrame messages for the kitti_bag frames, and what Codec.decode makes of each.
 
-    Frame 0: HYPER, full size. Frame 1: HYPER-PC on the left 256 columns (a crop from the origin keeps
-    P valid; it keeps the test quick), coded against the bag's own scan and calibration. Frame 2:
-    HYPER-PC whose scan stamp is in no bag. Frame 0 is also in the bag as the base station publishes it
+    Frame 0: HYPER. Frame 1: the lean HYPER-PC (hyper-pc-vr, quick at full size), coded against the
+    bag's own scan and calibration. Frame 2: the same whose scan stamp is in no bag. Frame 0 is also in the bag as the base station publishes it
     (a decoded Image with the camera's stamp), which must not be taken for the original."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -152,22 +152,21 @@ def compressed_bag(kitti_bag, tmp_path_factory):
     clouds = [m for t, _, m in messages if t == POINTS_TOPIC]
     info = next(m for t, _, m in messages if t == CAMERA_INFO_TOPIC)
     tf_message = next(m for t, _, m in messages if t == TF_STATIC_TOPIC)
-    calibration = bm.calibration_from_messages(info, tf_message)
-    hyper, hyper_pc = Codec("hyper", 1, device="cpu"), Codec("hyper-pc", 1, device="cpu")
+    calibration = bag_calibration(info, tf_message)
+    hyper, hyper_pc = Codec("hyper", 1, device="cpu"), Codec("hyper-pc-vr", 1, device="cpu")
     frames = []
     for index in range(3):
-        image = bm.image_from_message(images[index])
-        stamp_ns = bm.stamp_nanoseconds(images[index].header.stamp)
-        scan_stamp_ns = bm.stamp_nanoseconds(clouds[index].header.stamp)
-        scan = bm.scan_from_point_cloud(clouds[index])
+        image = image_to_rgb(images[index])
+        stamp_ns = stamp_to_ns(images[index].header.stamp)
+        scan_stamp_ns = stamp_to_ns(clouds[index].header.stamp)
+        scan = pointcloud2_to_points(clouds[index])
         if index == 0:
             data = hyper.encode(image, scan, calibration)
             frames.append((stamp_ns, scan_stamp_ns, "hyper", data, hyper.decode(data), image))
         else:
-            crop = np.ascontiguousarray(image[:, :256])
-            data = hyper_pc.encode(crop, scan, calibration)
+            data = hyper_pc.encode(image, scan, calibration)
             expected = hyper_pc.decode(data, scan, calibration) if index == 1 else None
-            frames.append((stamp_ns, scan_stamp_ns if index == 1 else 1, "hyper-pc", data, expected, crop))
+            frames.append((stamp_ns, scan_stamp_ns if index == 1 else 1, "hyper-pc-vr", data, expected, image))
     path = tmp_path_factory.mktemp("bags") / "compressed"
     typestore = bm.bag_typestore()
     writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
@@ -201,9 +200,8 @@ def test_decode_pairs_scans_from_another_bag_and_reproduces_codec_decode(kitti_b
         assert row.bytes == len(data)
         assert row.bpp == pytest.approx(8 * len(data) / (original.shape[0] * original.shape[1]))
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / row.png)), expected)
-    assert rows[0].psnr == pytest.approx(psnr(frames[0][5], frames[0][4]))
-    # The cropped frame has no original of its size in the bag: no PSNR rather than a wrong one.
-    assert rows[1].psnr is None
+    for row, frame in zip(rows[:2], frames, strict=False):
+        assert row.psnr == pytest.approx(psnr(frame[5], frame[4]))
     missing = rows[2]
     assert not missing.ok and missing.png == "" and missing.scan.startswith("missing")
     assert "scan" in missing.error

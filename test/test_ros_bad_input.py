@@ -12,7 +12,8 @@ from test_ros_nodes import FRAME_PERIOD_NS, START_NS, kitti_frames, offline_cali
 
 from pcic_ros.codec.api import Codec
 from pcic_ros.codec.bitstream import pack, unpack
-from pcic_ros.ros.conversions import ns_to_stamp, points_to_pointcloud2, stamp_to_ns
+from pcic_ros.ros.conversions import ns_to_stamp, points_to_pointcloud2
+from pcic_ros.ros.messages import stamp_to_ns
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from test_ros_bad_input import describe, half_size
 from test_ros_nodes import FRAME_PERIOD_NS, START_NS, kitti_frames
 
 from pcic_ros.codec.api import Codec
-from pcic_ros.ros.conversions import stamp_to_ns
+from pcic_ros.ros.messages import stamp_to_ns
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from ros_harness import (
 from test_ros_bad_input import half_size
 from test_ros_nodes import kitti_frames
 
-from pcic_ros.ros.conversions import stamp_to_ns
+from pcic_ros.ros.messages import stamp_to_ns
 from pcic_ros.ros.node_support import put_newest
 
 ENCODER, DECODER = "/pcic_test/pcic_encoder", "/pcic_test/pcic_decoder"

@@ -14,7 +14,7 @@ from pcic_ros.codec.api import Codec
 from pcic_ros.codec.projection import Calibration
 from pcic_ros.experiments.datasets import load_image, load_scan
 from pcic_ros.experiments.metrics import psnr
-from pcic_ros.ros.conversions import stamp_to_ns
+from pcic_ros.ros.messages import stamp_to_ns
 from pcic_ros.ros.tf_buffer import TransformBuffer, transform_from_matrix
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import rclpy
 import yaml
-from conftest import DATA, REPO
+from conftest import DATA, REPO, bag_calibration
 from pcic_ros.msg import CodecStatistics
 from PIL import Image
 from rclpy.context import Context
@@ -30,6 +30,7 @@ from pcic_ros.bags import CAMERA_INFO_TOPIC, IMAGE_TOPIC, POINTS_TOPIC, TF_STATI
 from pcic_ros.bags import messages as bm
 from pcic_ros.codec.api import Codec
 from pcic_ros.experiments.metrics import psnr
+from pcic_ros.ros.messages import image_to_rgb, pointcloud2_to_points, stamp_to_ns
 from pcic_ros.ros.node_support import PROBLEM_FIELDS
 
 pytestmark = pytest.mark.slow
@@ -156,7 +157,7 @@ def bag_messages(path: Path) -> dict[str, list]:
 
 
 def by_stamp(messages: list) -> dict[int, object]:
-    return {bm.stamp_nanoseconds(m.header.stamp): m for m in messages}
+    return {stamp_to_ns(m.header.stamp): m for m in messages}
 
 
 def test_kitti_bag_through_vehicle_and_base_station_matches_the_offline_codec(tmp_path, monkeypatch):
@@ -244,7 +245,7 @@ def test_kitti_bag_through_vehicle_and_base_station_matches_the_offline_codec(tm
     kitti = bag_messages(kitti_bag)
     originals = by_stamp(kitti[IMAGE_TOPIC])
     scans = by_stamp(kitti[POINTS_TOPIC])
-    calibration = bm.calibration_from_messages(kitti[CAMERA_INFO_TOPIC][0], kitti[TF_STATIC_TOPIC][0])
+    calibration = bag_calibration(kitti[CAMERA_INFO_TOPIC][0], kitti[TF_STATIC_TOPIC][0])
     link = bag_messages(link_bag)
     compressed = by_stamp(link[COMPRESSED_TOPIC])
     decoded = by_stamp(bag_messages(decoded_bag)[DECODED_TOPIC])
@@ -257,18 +258,18 @@ def test_kitti_bag_through_vehicle_and_base_station_matches_the_offline_codec(tm
     codec = Codec(MODEL, QUALITY, device="cpu")
     total_bytes = 0
     for stamp_ns, original_msg in sorted(originals.items()):
-        original = bm.image_from_message(original_msg)
-        offline = codec.encode_frame(original, bm.scan_from_point_cloud(scans[stamp_ns]), calibration)
+        original = image_to_rgb(original_msg)
+        offline = codec.encode_frame(original, pointcloud2_to_points(scans[stamp_ns]), calibration)
         message = compressed[stamp_ns]
         assert not message.zeros_fallback, f"frame {stamp_ns} was sent without its scan:\n{vehicle.output()}"
-        assert bm.stamp_nanoseconds(message.scan_stamp) == stamp_ns
+        assert stamp_to_ns(message.scan_stamp) == stamp_ns
         assert (message.codec, message.quality) == (MODEL, QUALITY)
         assert bytes(message.data) == offline.data
         total_bytes += len(offline.data)
 
         received = decoded[stamp_ns]
         assert (received.header.frame_id, received.encoding) == (bm.CAMERA_FRAME, "rgb8")
-        at_base_station = bm.image_from_message(received)
+        at_base_station = image_to_rgb(received)
         np.testing.assert_array_equal(at_base_station, offline.reconstruction)
         row = rows[f"{stamp_ns // 10**9}.{stamp_ns % 10**9:09d}"]
         assert row["scan"] == "paired" and row["error"] == "", row

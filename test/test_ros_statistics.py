@@ -8,7 +8,7 @@ from ros_harness import RosBench, ros_environment, start_pair
 
 from pcic_ros.codec.projection import Calibration
 from pcic_ros.experiments.datasets import load_image, load_scan
-from pcic_ros.ros.conversions import stamp_to_ns
+from pcic_ros.ros.messages import stamp_to_ns
 from pcic_ros.ros.node_support import PROBLEM_FIELDS
 
 pytestmark = pytest.mark.slow

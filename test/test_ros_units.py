@@ -5,16 +5,14 @@ import pytest
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from pcic_ros.ros.conversions import (
+from pcic_ros.ros.conversions import ns_to_stamp, points_to_pointcloud2, rgb_to_image
+from pcic_ros.ros.messages import (
     CameraInfoError,
     ConversionError,
     ImageEncodingError,
     camera_projection,
     image_to_rgb,
-    ns_to_stamp,
     pointcloud2_to_points,
-    points_to_pointcloud2,
-    rgb_to_image,
     stamp_to_ns,
 )
 from pcic_ros.ros.rate_control import RateController

@@ -28,6 +28,8 @@ from tqdm import tqdm
 from pcic_ros.bags import messages as bm
 from pcic_ros.codec.projection import Calibration, CalibrationError
 from pcic_ros.experiments.datasets import DataError, discover_frames
+from pcic_ros.ros.messages import CameraInfoError, image_to_rgb, pointcloud2_to_points, stamp_to_ns
+from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError, frame_calibration
 
 __all__ = [
     "IMAGE_TOPIC",
@@ -453,21 +455,33 @@ class _BagIndex:
             if topic is not None and message_topic != topic:
                 continue
             message = self.typestore.deserialize_cdr(data, msgtype)
-            index.setdefault(bm.stamp_nanoseconds(message.header.stamp), []).append((message.header.frame_id, data))
+            index.setdefault(stamp_to_ns(message.header.stamp), []).append((message.header.frame_id, data))
         return index
 
 
-def _bag_calibration(index: _BagIndex, camera_frame: str) -> Calibration:
+def _bag_transforms(index: _BagIndex) -> TransformBuffer:
+    """Every transform of the bags' /tf_static, as the nodes' TF buffer holds them."""
+    transforms = TransformBuffer()
+    for _, tf_message in index.messages(bm.TF_MESSAGE_TYPE):
+        for transform in tf_message.transforms:
+            transforms.add(transform, static=True)
+    return transforms
+
+
+def _bag_calibration(index: _BagIndex, transforms: TransformBuffer, frame: object) -> Calibration:
+    """A CompressedFrame's calibration from the bags' CameraInfo and /tf_static, built as the nodes
+    build it (``frame_calibration``)."""
+    camera_frame = frame.header.frame_id
     infos = [m for _, m in index.messages(bm.CAMERA_INFO_TYPE) if m.header.frame_id == camera_frame]
     if not infos:
         raise CalibrationError(f"no CameraInfo of frame '{camera_frame}' in the bag(s); give --calib")
-    errors = []
-    for _, tf_message in index.messages(bm.TF_MESSAGE_TYPE):
-        try:
-            return bm.calibration_from_messages(infos[0], tf_message)
-        except CalibrationError as error:
-            errors.append(str(error))
-    raise CalibrationError(f"no usable /tf_static for camera '{camera_frame}' ({'; '.join(errors) or 'none'})")
+    scan_stamp = stamp_to_ns(frame.scan_stamp)
+    try:
+        return frame_calibration(
+            infos[0], transforms, camera_frame, frame.scan_frame_id, scan_stamp, int(frame.width), int(frame.height)
+        )
+    except (CameraInfoError, TransformError) as error:
+        raise CalibrationError(f"no usable calibration for camera '{camera_frame}' in the bag(s): {error}") from None
 
 
 def decode(
@@ -508,16 +522,17 @@ def decode(
     originals = index.by_stamp(bm.IMAGE_TYPE, originals_topic)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    calibrations: dict[str, Calibration | CalibrationError] = {}
+    calibrations: dict[tuple, Calibration | CalibrationError] = {}
+    transforms: TransformBuffer | None = None
     codec: Codec | None = None
     rows = []
     for message in tqdm(compressed, desc="decode", unit="frame", disable=not progress):
-        stamp_ns = bm.stamp_nanoseconds(message.header.stamp)
+        stamp_ns = stamp_to_ns(message.header.stamp)
         data = np.asarray(message.data, dtype=np.uint8).tobytes()
-        scan_stamp = bm.stamp_nanoseconds(message.scan_stamp)
+        scan_stamp = stamp_to_ns(message.scan_stamp)
         scan = None
         scan_state = "not used (zeros fallback)"
-        frame_calibration = None
+        this_calibration = None
         if not message.zeros_fallback:
             same_stamp = scans.get(scan_stamp, [])
             # Prefer the scan of the named LiDAR frame; any scan of that stamp serves when none is named.
@@ -525,30 +540,31 @@ def decode(
                 raw for _, raw in same_stamp
             ]
             if candidates:
-                scan = bm.scan_from_point_cloud(index.typestore.deserialize_cdr(candidates[0], bm.POINT_CLOUD_TYPE))
+                scan = pointcloud2_to_points(index.typestore.deserialize_cdr(candidates[0], bm.POINT_CLOUD_TYPE))
                 scan_state = "paired"
                 if calibration is not None:
-                    frame_calibration = calibration
+                    this_calibration = calibration
                 else:
-                    camera_frame = message.header.frame_id
-                    if camera_frame not in calibrations:
+                    transforms = transforms or _bag_transforms(index)
+                    key = (message.header.frame_id, message.scan_frame_id, message.width, message.height)
+                    if key not in calibrations:
                         try:
-                            calibrations[camera_frame] = _bag_calibration(index, camera_frame)
+                            calibrations[key] = _bag_calibration(index, transforms, message)
                         except CalibrationError as error:
-                            calibrations[camera_frame] = error
-                    frame_calibration = calibrations[camera_frame]
+                            calibrations[key] = error
+                    this_calibration = calibrations[key]
             else:
                 scan_state = f"missing (no PointCloud2 stamped {_format_stamp(scan_stamp)})"
         png = out_dir / f"{_format_stamp(stamp_ns)}.png"
         error = ""
         decode_ms = psnr_db = None
         try:
-            if isinstance(frame_calibration, CalibrationError):
-                raise frame_calibration
+            if isinstance(this_calibration, CalibrationError):
+                raise this_calibration
             if codec is None:
                 codec = Codec(message.codec, int(message.quality), device=device)
             started = time.perf_counter()
-            image = codec.decode(data, scan, frame_calibration)
+            image = codec.decode(data, scan, this_calibration)
             decode_ms = 1000.0 * (time.perf_counter() - started)
         except (BitstreamError, CalibrationError, ValueError) as failure:
             error = str(failure)
@@ -560,7 +576,7 @@ def decode(
             Image.fromarray(image).save(png)
             matches = originals.get(stamp_ns, [])
             if matches:
-                original = bm.image_from_message(index.typestore.deserialize_cdr(matches[0][1], bm.IMAGE_TYPE))
+                original = image_to_rgb(index.typestore.deserialize_cdr(matches[0][1], bm.IMAGE_TYPE))
                 psnr_db = psnr(original, image) if original.shape == image.shape else None
         rows.append(
             DecodedFrame(

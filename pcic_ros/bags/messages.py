@@ -1,5 +1,6 @@
-"""ROS messages on the bag side (rosbags' pure-Python types): KITTI frame <-> Image, CameraInfo,
-PointCloud2 and TFMessage, and the typestore that knows our own messages.
+"""Writing ROS messages on the bag side (rosbags' pure-Python types): KITTI frame -> Image, CameraInfo,
+PointCloud2 and TFMessage, and the typestore that knows our own messages. Reading them back is
+``pcic_ros.ros.messages``, the readers the nodes use.
 
 Calibration convention (the one ``pcic_ros`` nodes read back): the camera topic carries the rectified
 image, so CameraInfo is that of a rectified camera: ``P = P_rect_02`` (3x4), ``K`` its left 3x3,
@@ -22,7 +23,8 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from pcic_ros import package_share
-from pcic_ros.codec.projection import Calibration, CalibrationError
+from pcic_ros.codec.projection import Calibration
+from pcic_ros.ros.messages import matrix_to_quaternion
 
 __all__ = [
     "IMAGE_TYPE",
@@ -35,17 +37,11 @@ __all__ = [
     "LIDAR_FRAME",
     "bag_typestore",
     "stamp",
-    "stamp_nanoseconds",
     "image_message",
     "camera_info_message",
     "point_cloud_message",
     "camera_from_lidar",
     "tf_static_message",
-    "image_from_message",
-    "scan_from_point_cloud",
-    "calibration_from_messages",
-    "matrix_to_quaternion",
-    "quaternion_to_matrix",
 ]
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -88,11 +84,6 @@ def stamp(nanoseconds: int) -> object:
     """builtin_interfaces/msg/Time of a time in nanoseconds."""
     time_type = bag_typestore().types["builtin_interfaces/msg/Time"]
     return time_type(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
-
-
-def stamp_nanoseconds(time: object) -> int:
-    """Nanoseconds of a builtin_interfaces/msg/Time (rosbags or rclpy)."""
-    return int(time.sec) * 1_000_000_000 + int(time.nanosec)
 
 
 def _header(nanoseconds: int, frame_id: str) -> object:
@@ -163,41 +154,6 @@ def point_cloud_message(scan: np.ndarray, nanoseconds: int, frame_id: str = LIDA
     )
 
 
-def matrix_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
-    """(x, y, z, w) unit quaternion of a 3x3 rotation matrix (Shepperd's method, stable for any angle)."""
-    m = np.asarray(rotation, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s)
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = (0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s)
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = ((m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s)
-    else:
-        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = ((m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s)
-    norm = float(np.sqrt(sum(v * v for v in q)))
-    return tuple(float(v) / norm for v in q)
-
-
-def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """3x3 rotation matrix of a quaternion (normalised first)."""
-    norm = np.sqrt(x * x + y * y + z * z + w * w)
-    if norm == 0 or not np.isfinite(norm):
-        raise CalibrationError(f"quaternion ({x}, {y}, {z}, {w}) is not a rotation")
-    x, y, z, w = x / norm, y / norm, z / norm, w / norm
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
 def camera_from_lidar(calibration: Calibration) -> np.ndarray:
     """The 4x4 extrinsic of /tf_static: R_rect * T_cam_lidar (see the module docstring)."""
     return calibration.rectification @ calibration.lidar_to_camera
@@ -223,58 +179,3 @@ def tf_static_message(
     return types[TF_MESSAGE_TYPE](transforms=[stamped])
 
 
-def image_from_message(message: object) -> np.ndarray:
-    """H x W x 3 uint8 RGB of a sensor_msgs/msg/Image in rgb8 or bgr8 (rows may be padded)."""
-    if message.encoding not in ("rgb8", "bgr8"):
-        raise ValueError(f"image encoding '{message.encoding}' is not rgb8 or bgr8")
-    rows = np.asarray(message.data, dtype=np.uint8).reshape(message.height, message.step)
-    image = rows[:, : 3 * message.width].reshape(message.height, message.width, 3)
-    return np.ascontiguousarray(image[:, :, ::-1] if message.encoding == "bgr8" else image)
-
-
-_POINT_FIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
-
-
-def scan_from_point_cloud(message: object) -> np.ndarray:
-    """N x 4 float32 (x, y, z, intensity; intensity 0 when absent) of a sensor_msgs/msg/PointCloud2."""
-    byte_order = ">" if message.is_bigendian else "<"
-    fields = {field.name: field for field in message.fields}
-    missing = [name for name in "xyz" if name not in fields]
-    if missing:
-        raise ValueError(f"point cloud has no field {', '.join(missing)}")
-    layout = np.dtype(
-        {
-            "names": [f.name for f in fields.values()],
-            "formats": [byte_order + _POINT_FIELD_DTYPES[f.datatype] for f in fields.values()],
-            "offsets": [f.offset for f in fields.values()],
-            "itemsize": message.point_step,
-        }
-    )
-    rows = np.asarray(message.data, dtype=np.uint8).reshape(message.height, message.row_step)
-    points = rows[:, : message.width * message.point_step].copy().view(layout).reshape(-1)
-    scan = np.zeros((points.shape[0], 4), dtype=np.float32)
-    for column, name in enumerate(_SCAN_FIELDS):
-        if name in fields:
-            scan[:, column] = points[name]
-    return scan
-
-
-def calibration_from_messages(camera_info: object, tf_message: object, lidar_frame: str | None = None) -> Calibration:
-    """Calibration from a CameraInfo (its P) and the TFMessage holding camera <- LiDAR.
-
-    The transform is the one whose parent is the CameraInfo's frame and whose child is ``lidar_frame``
-    (any child when None)."""
-    projection = np.asarray(camera_info.p, dtype=np.float64).reshape(3, 4)
-    camera_frame = camera_info.header.frame_id
-    for stamped in tf_message.transforms:
-        if stamped.header.frame_id != camera_frame:
-            continue
-        if lidar_frame is not None and stamped.child_frame_id != lidar_frame:
-            continue
-        rotation = stamped.transform.rotation
-        translation = stamped.transform.translation
-        matrix = np.eye(4)
-        matrix[:3, :3] = quaternion_to_matrix(rotation.x, rotation.y, rotation.z, rotation.w)
-        matrix[:3, 3] = (translation.x, translation.y, translation.z)
-        return Calibration.from_matrices(projection, matrix)
-    raise CalibrationError(f"no transform from '{lidar_frame or 'the LiDAR'}' to '{camera_frame}' in /tf_static")

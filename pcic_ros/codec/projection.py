@@ -30,8 +30,10 @@ class CalibrationError(ValueError):
     """A calibration file or matrix is missing, malformed or not invertible as required."""
 
 
-def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Matrix product of small float64 matrices by broadcasting and a fixed-order sum (no BLAS)."""
+def compose_exactly(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b of small float64 matrices by broadcasting and a fixed-order sum: the vehicle and the base
+    station must compute the same transforms to the last bit (they decide which pixel each point
+    lands on), and BLAS products may differ between machines."""
     return (a[:, :, None] * b[None, :, :]).sum(axis=1)
 
 
@@ -142,7 +144,7 @@ class Calibration:
     @property
     def lidar_to_image(self) -> np.ndarray:
         """The 3x4 matrix P_rect * R_rect * T_cam_lidar of eq. 2."""
-        return _compose(_compose(self.projection, self.rectification), self.lidar_to_camera)
+        return compose_exactly(compose_exactly(self.projection, self.rectification), self.lidar_to_camera)
 
     @classmethod
     def from_matrices(cls, camera_matrix: np.ndarray, lidar_to_camera: np.ndarray) -> Calibration:

@@ -25,8 +25,9 @@ from pcic_ros.codec.api import Codec, default_device
 from pcic_ros.codec.bitstream import MAX_PIXELS, BitstreamError, ScanMismatchError, read_header
 from pcic_ros.codec.projection import Calibration
 from pcic_ros.msg import CodecStatistics, CompressedFrame
-from pcic_ros.ros.conversions import CameraInfoError, ConversionError, pointcloud2_to_points, rgb_to_image, stamp_to_ns
+from pcic_ros.ros.conversions import rgb_to_image
 from pcic_ros.ros.memory import return_freed_memory
+from pcic_ros.ros.messages import CameraInfoError, ConversionError, pointcloud2_to_points, stamp_to_ns
 from pcic_ros.ros.node_support import (
     RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,

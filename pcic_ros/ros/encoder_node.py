@@ -24,16 +24,16 @@ from pcic_ros.codec.api import Codec, ScanError, default_device
 from pcic_ros.codec.bitstream import FORMAT_VERSION
 from pcic_ros.codec.projection import Calibration
 from pcic_ros.msg import CodecStatistics, CompressedFrame
-from pcic_ros.ros.conversions import (
+from pcic_ros.ros.conversions import ns_to_stamp
+from pcic_ros.ros.memory import return_freed_memory
+from pcic_ros.ros.messages import (
     CameraInfoError,
     ConversionError,
     ImageEncodingError,
     image_to_rgb,
-    ns_to_stamp,
     pointcloud2_to_points,
     stamp_to_ns,
 )
-from pcic_ros.ros.memory import return_freed_memory
 from pcic_ros.ros.node_support import (
     RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,

@@ -19,10 +19,10 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 
-from pcic_ros.codec.projection import Calibration, CalibrationError
+from pcic_ros.codec.projection import Calibration
 from pcic_ros.msg import CodecStatistics
-from pcic_ros.ros.conversions import CameraInfoError, camera_projection
-from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError
+from pcic_ros.ros.messages import CameraInfoError
+from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError, frame_calibration
 
 __all__ = [
     "declare",
@@ -90,7 +90,7 @@ def qos_from_parameters(node: Node, prefix: str, reliability: str, depth: int, w
 class CalibrationSource:
     """The calibration of a frame: P from the latest CameraInfo, T_camera_lidar from TF at the scan's
     stamp (or from the ``fixed_extrinsic`` parameter). The vehicle and the base station build it with
-    this same code from the same messages, so both project the scan identically."""
+    this same code from the same messages (``frame_calibration``), so both project the scan identically."""
 
     def __init__(self, node: Node, fixed_extrinsic: list[float]) -> None:
         self.transforms = TransformBuffer()
@@ -124,16 +124,10 @@ class CalibrationSource:
         """Raises CameraInfoError (no or mismatching CameraInfo) or TransformError (no transform)."""
         if self._camera_info is None:
             raise CameraInfoError("no CameraInfo received yet")
-        projection = camera_projection(self._camera_info, width, height)
-        if self._fixed is not None:
-            extrinsic = self._fixed
-        else:
-            with self._lock:
-                extrinsic = self.transforms.lookup(camera_frame, lidar_frame, stamp_ns)
-        try:
-            return Calibration.from_matrices(projection, extrinsic)
-        except CalibrationError as error:
-            raise CameraInfoError(str(error)) from None
+        with self._lock:
+            return frame_calibration(
+                self._camera_info, self.transforms, camera_frame, lidar_frame, stamp_ns, width, height, self._fixed
+            )
 
 
 class ProblemReporter:

@@ -3,7 +3,7 @@
 Static transforms (/tf_static) hold for all time; dynamic ones (/tf) are kept for ``cache_s`` seconds
 per frame and interpolated (linear translation, spherical rotation) between the two neighbouring
 stamps. A lookup never extrapolates: outside the cached span it fails, as a late TF should.
-No rclpy needed, only the message types.
+No rclpy and no message package needed: transforms are read by attribute (from rclpy or rosbags).
 """
 
 from __future__ import annotations
@@ -12,71 +12,50 @@ import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
-from geometry_msgs.msg import Quaternion, TransformStamped
 
-from pcic_ros.ros.conversions import stamp_to_ns
+from pcic_ros.codec.projection import Calibration, CalibrationError, compose_exactly
+from pcic_ros.ros.messages import (
+    CameraInfoError,
+    ConversionError,
+    camera_projection,
+    matrix_to_quaternion,
+    stamp_to_ns,
+    transform_to_matrix,
+)
 
-__all__ = ["TransformError", "TransformBuffer", "matrix_from_transform", "transform_from_matrix"]
+__all__ = ["TransformError", "TransformBuffer", "matrix_from_transform", "transform_from_matrix", "frame_calibration"]
 
 
 class TransformError(LookupError):
     """No transform between the frames at the requested time (unknown frame, or not yet received)."""
 
 
-def _rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
-    norm = np.sqrt(x * x + y * y + z * z + w * w)
-    if not np.isfinite(norm) or norm == 0.0:
-        raise TransformError("transform has an invalid rotation quaternion")
-    x, y, z, w = x / norm, y / norm, z / norm, w / norm
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
 def _matrix(translation: np.ndarray, quaternion: np.ndarray) -> np.ndarray:
-    matrix = np.eye(4)
-    matrix[:3, :3] = _rotation(*quaternion)
-    matrix[:3, 3] = translation
-    return matrix
+    try:
+        return transform_to_matrix(translation, quaternion)
+    except ConversionError as error:
+        raise TransformError(f"transform has an invalid rotation: {error}") from None
 
 
-def _parts(msg: TransformStamped) -> tuple[np.ndarray, np.ndarray]:
+def _parts(msg: object) -> tuple[np.ndarray, np.ndarray]:
     t, q = msg.transform.translation, msg.transform.rotation
     return np.array([t.x, t.y, t.z], dtype=np.float64), np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
 
 
-def matrix_from_transform(msg: TransformStamped) -> np.ndarray:
+def matrix_from_transform(msg: object) -> np.ndarray:
     """4x4 matrix taking points in ``msg.child_frame_id`` to ``msg.header.frame_id``."""
     return _matrix(*_parts(msg))
 
 
-def transform_from_matrix(matrix: np.ndarray, parent: str, child: str, stamp_ns: int = 0) -> TransformStamped:
-    """A TransformStamped (parent <- child) for a 4x4 rigid transform; the rotation is orthonormalised."""
+def transform_from_matrix(matrix: np.ndarray, parent: str, child: str, stamp_ns: int = 0) -> object:
+    """A geometry_msgs/TransformStamped (parent <- child) for a 4x4 rigid transform; the rotation is
+    orthonormalised."""
+    from geometry_msgs.msg import Quaternion, TransformStamped
+
     from pcic_ros.ros.conversions import ns_to_stamp
 
     matrix = np.asarray(matrix, dtype=np.float64)
-    u, _, vt = np.linalg.svd(matrix[:3, :3])
-    rotation = u @ vt
-    # Shepperd's method: divide by the largest of the four quaternion magnitudes for stability.
-    trace = np.trace(rotation)
-    candidates = [trace, rotation[0, 0], rotation[1, 1], rotation[2, 2]]
-    largest = int(np.argmax(candidates))
-    if largest == 0:
-        s = 2.0 * np.sqrt(1.0 + trace)
-        q = [(rotation[2, 1] - rotation[1, 2]) / s, (rotation[0, 2] - rotation[2, 0]) / s,
-             (rotation[1, 0] - rotation[0, 1]) / s, s / 4]  # fmt: skip
-    else:
-        i = largest - 1
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(1.0 + rotation[i, i] - rotation[j, j] - rotation[k, k])
-        q = [0.0, 0.0, 0.0, (rotation[k, j] - rotation[j, k]) / s]
-        q[i] = s / 4
-        q[j] = (rotation[j, i] + rotation[i, j]) / s
-        q[k] = (rotation[k, i] + rotation[i, k]) / s
+    qx, qy, qz, qw = matrix_to_quaternion(matrix[:3, :3])
     msg = TransformStamped()
     msg.header.frame_id = parent
     msg.header.stamp = ns_to_stamp(stamp_ns)
@@ -84,15 +63,8 @@ def transform_from_matrix(matrix: np.ndarray, parent: str, child: str, stamp_ns:
     msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (
         float(v) for v in matrix[:3, 3]
     )
-    msg.transform.rotation = Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
+    msg.transform.rotation = Quaternion(x=qx, y=qy, z=qz, w=qw)
     return msg
-
-
-def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b by broadcasting and a fixed-order sum: the vehicle and the base station must compute the
-    same T_camera_lidar to the last bit (it decides which pixel each point lands on), and BLAS
-    products may differ between machines."""
-    return (a[:, :, None] * b[None, :, :]).sum(axis=1)
 
 
 def _rigid_inverse(matrix: np.ndarray) -> np.ndarray:
@@ -144,7 +116,7 @@ class TransformBuffer:
         self._cache_ns = int(cache_s * 1e9)
         self._frames: dict[str, _History] = {}
 
-    def add(self, msg: TransformStamped, static: bool) -> None:
+    def add(self, msg: object, static: bool) -> None:
         child = msg.child_frame_id.lstrip("/")
         parent = msg.header.frame_id.lstrip("/")
         if not child or not parent or child == parent:
@@ -190,8 +162,31 @@ class TransformBuffer:
             raise TransformError(f"frames '{source}' and '{target}' are not connected in TF")
         source_to_common = np.eye(4)
         for matrix in source_matrices[: source_chain.index(common)]:
-            source_to_common = _compose(matrix, source_to_common)
+            source_to_common = compose_exactly(matrix, source_to_common)
         target_to_common = np.eye(4)
         for matrix in target_matrices[: target_chain.index(common)]:
-            target_to_common = _compose(matrix, target_to_common)
-        return _compose(_rigid_inverse(target_to_common), source_to_common)
+            target_to_common = compose_exactly(matrix, target_to_common)
+        return compose_exactly(_rigid_inverse(target_to_common), source_to_common)
+
+
+def frame_calibration(
+    camera_info: object,
+    transforms: TransformBuffer,
+    camera_frame: str,
+    lidar_frame: str,
+    stamp_ns: int,
+    width: int,
+    height: int,
+    extrinsic: np.ndarray | None = None,
+) -> Calibration:
+    """The calibration a frame is coded with: P from its CameraInfo, T_camera_lidar from TF at the
+    scan's stamp (or ``extrinsic``). The encoder, the decoder and ``pcic bag decode`` all build it here
+    from the same messages, so all three project a scan to the same pixels. Raises CameraInfoError
+    (a CameraInfo of another size, or one that cannot project) or TransformError (no transform)."""
+    projection = camera_projection(camera_info, width, height)
+    if extrinsic is None:
+        extrinsic = transforms.lookup(camera_frame, lidar_frame, stamp_ns)
+    try:
+        return Calibration.from_matrices(projection, extrinsic)
+    except CalibrationError as error:
+        raise CameraInfoError(str(error)) from None

@@ -1,0 +1,181 @@
+"""Reading ROS 2 messages into numpy, for rclpy's message objects and rosbags' alike.
+
+The nodes get their messages from rclpy, ``pcic bag`` from rosbags; both have the same field names,
+so one reader serves both, and the encoder, the decoder and ``pcic bag decode`` read every scan,
+image, stamp and transform with the same code (the depth map, and so the fingerprint, must come out
+bit-identical at both ends). Nothing here imports rclpy, rosbags or a message package: the readers
+only read attributes. The rigid-transform arithmetic is here too, for the TF buffer and for the
+/tf_static messages ``pcic bag`` writes.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "ConversionError",
+    "ImageEncodingError",
+    "CameraInfoError",
+    "stamp_to_ns",
+    "image_to_rgb",
+    "camera_projection",
+    "pointcloud2_fields",
+    "pointcloud2_to_points",
+    "quaternion_to_matrix",
+    "matrix_to_quaternion",
+    "transform_to_matrix",
+]
+
+
+class ConversionError(ValueError):
+    """A message's content does not describe what its fields claim (sizes, steps, offsets)."""
+
+
+class ImageEncodingError(ConversionError):
+    """An image encoding the codec cannot take (it codes 8-bit colour images)."""
+
+
+class CameraInfoError(ConversionError):
+    """A CameraInfo that cannot project into the image it should describe."""
+
+
+#: Encodings converted to RGB: channel order of the source, then how many channels each pixel has.
+_COLOUR_ENCODINGS: dict[str, tuple[tuple[int, int, int], int]] = {
+    "rgb8": ((0, 1, 2), 3),
+    "bgr8": ((2, 1, 0), 3),
+    "rgba8": ((0, 1, 2), 4),
+    "bgra8": ((2, 1, 0), 4),
+}
+
+#: sensor_msgs/PointField datatype constants (INT8 = 1 ... FLOAT64 = 8) -> numpy scalar kind and size.
+_POINT_FIELD_TYPES: dict[int, str] = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
+
+
+def stamp_to_ns(stamp: object) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds (exact, unlike float seconds)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _rows(data: bytes | array.array | np.ndarray, height: int, row_bytes: int, step: int, what: str) -> np.ndarray:
+    """The height x row_bytes payload of a row-major buffer whose rows are step bytes apart, as a view
+    of it: rclpy hands message data over as an ``array.array``, rosbags as a numpy array, both read in
+    place rather than copied."""
+    if step < row_bytes:
+        raise ConversionError(f"{what}: step {step} is shorter than a row of {row_bytes} bytes")
+    if len(data) < height * step - (step - row_bytes):
+        raise ConversionError(f"{what}: {len(data)} bytes of data, {height} rows of step {step} need more")
+    if height == 0 or row_bytes == 0:
+        return np.zeros((height, row_bytes), np.uint8)
+    buffer = np.frombuffer(data, np.uint8)
+    # The last row need not carry its padding, so rows are cut out of the buffer one stride apart.
+    return np.lib.stride_tricks.as_strided(buffer, (height, row_bytes), (step, 1))
+
+
+def image_to_rgb(msg: object) -> np.ndarray:
+    """An 8-bit colour sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8) as an H x W x 3 uint8 RGB array.
+    Raises ImageEncodingError for other encodings and ConversionError for inconsistent sizes."""
+    encoding = msg.encoding.lower()
+    if encoding not in _COLOUR_ENCODINGS:
+        raise ImageEncodingError(
+            f"image encoding '{msg.encoding}' is not supported; publish one of {', '.join(_COLOUR_ENCODINGS)}"
+        )
+    order, channels = _COLOUR_ENCODINGS[encoding]
+    height, width = int(msg.height), int(msg.width)
+    rows = _rows(msg.data, height, width * channels, int(msg.step), "image")
+    pixels = rows.reshape(height, width, channels)
+    return np.ascontiguousarray(pixels[:, :, list(order)])
+
+
+def camera_projection(info: object, width: int, height: int) -> np.ndarray:
+    """The 3x4 projection P of a CameraInfo that describes a rectified image of width x height.
+    Raises CameraInfoError when the sizes differ or P is unusable."""
+    if (int(info.width), int(info.height)) != (width, height):
+        raise CameraInfoError(f"CameraInfo is for {info.width} x {info.height}, the image is {width} x {height}")
+    projection = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    if not np.all(np.isfinite(projection)) or projection[0, 0] <= 0 or projection[1, 1] <= 0:
+        raise CameraInfoError("CameraInfo P has no positive focal lengths (camera not calibrated?)")
+    return projection
+
+
+def pointcloud2_fields(msg: object) -> np.ndarray:
+    """The points of a PointCloud2 as a flat structured array with every named field it declares, in
+    native byte order, whatever their offsets, padding, types and endianness. Fields with count > 1
+    become sub-arrays."""
+    order = ">" if msg.is_bigendian else "<"
+    names, formats, offsets = [], [], []
+    for field in msg.fields:
+        if field.datatype not in _POINT_FIELD_TYPES:
+            raise ConversionError(f"point field '{field.name}' has unknown datatype {field.datatype}")
+        kind = order + _POINT_FIELD_TYPES[field.datatype]
+        names.append(field.name)
+        formats.append((kind, (field.count,)) if field.count > 1 else kind)
+        offsets.append(field.offset)
+    point_step = int(msg.point_step)
+    try:
+        dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
+    except ValueError as error:
+        raise ConversionError(f"point fields do not fit a point of {point_step} bytes: {error}") from None
+    height, width = int(msg.height), int(msg.width)
+    rows = _rows(msg.data, height, width * point_step, int(msg.row_step), "point cloud")
+    points = np.ascontiguousarray(rows).view(dtype).reshape(-1)
+    return points.astype(dtype.newbyteorder("="), copy=False) if msg.is_bigendian else points
+
+
+def pointcloud2_to_points(msg: object) -> np.ndarray:
+    """x, y, z of every point of a PointCloud2 as an N x 3 float64 array, non-finite points removed.
+    Encoder, decoder and ``pcic bag decode`` all read their scans through this, so they project the
+    same points."""
+    points = pointcloud2_fields(msg)
+    missing = [axis for axis in "xyz" if axis not in (points.dtype.names or ())]
+    if missing:
+        raise ConversionError(f"point cloud has no {', '.join(missing)} field")
+    xyz = np.stack([points[axis].astype(np.float64) for axis in "xyz"], axis=1)
+    return xyz[np.isfinite(xyz).all(axis=1)]
+
+
+def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """3x3 rotation matrix of a quaternion (normalised first); ConversionError for a zero or
+    non-finite one."""
+    norm = np.sqrt(x * x + y * y + z * z + w * w)
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ConversionError(f"quaternion ({x}, {y}, {z}, {w}) is not a rotation")
+    x, y, z, w = x / norm, y / norm, z / norm, w / norm
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def matrix_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, z, w) unit quaternion of a 3x3 rotation, orthonormalised first (the nearest rotation, by
+    SVD). Shepperd's method: dividing by the largest of the four magnitudes keeps it stable at any angle."""
+    u, _, vt = np.linalg.svd(np.asarray(rotation, dtype=np.float64))
+    m = u @ vt
+    trace = float(np.trace(m))
+    largest = int(np.argmax([trace, m[0, 0], m[1, 1], m[2, 2]]))
+    if largest == 0:
+        s = 2.0 * np.sqrt(1.0 + trace)
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
+    else:
+        i = largest - 1
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
+        q[i] = s / 4
+        q[j] = (m[j, i] + m[i, j]) / s
+        q[k] = (m[k, i] + m[i, k]) / s
+    return tuple(float(v) for v in q)
+
+
+def transform_to_matrix(translation: Sequence[float], quaternion: Sequence[float]) -> np.ndarray:
+    """4x4 rigid transform of a translation (x, y, z) and a rotation quaternion (x, y, z, w)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = quaternion_to_matrix(*quaternion)
+    matrix[:3, 3] = translation
+    return matrix
