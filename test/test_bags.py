@@ -141,8 +141,9 @@ def compressed_bag(kitti_bag, tmp_path_factory):
     """A bag of CompressedFrame messages for the kitti_bag frames, and what Codec.decode makes of each.
 
     Frame 0: HYPER. Frame 1: the lean HYPER-PC (hyper-pc-vr, quick at full size), coded against the
-    bag's own scan and calibration. Frame 2: the same whose scan stamp is in no bag. Frame 0 is also in the bag as the base station publishes it
-    (a decoded Image with the camera's stamp), which must not be taken for the original."""
+    bag's own scan and calibration. Frame 2: the same whose scan stamp is in no bag. Frame 0 is also
+    in the bag as the base station publishes it (a decoded Image with the camera's stamp), which must
+    not be taken for the original."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from pcic_ros.codec.api import Codec

@@ -144,6 +144,33 @@ def test_unpaired_images_expire_after_slop_plus_timeout_and_full_queue_evicts_ol
     assert pairer.waiting_images == 0
 
 
+def test_pairing_edge_cases_follow_message_filters_approximate_time_synchronizer():
+    """The cases where our pairing differed from message_filters (ROS 2, Python): a gap of exactly
+    the slop does not pair, a stamp already queued is replaced (the replaced image is handed back),
+    a full queue drops its oldest stamp (not its oldest arrival), and the message that just arrived
+    is dropped first when it is the oldest; on a tie the candidate queued first wins."""
+    pairer = ApproximateTimePairer(queue_size=3, slop_ns=10 * MS)
+    assert pairer.add_scan(100 * MS, "s100", 0) is None
+    assert pairer.add_image(110 * MS, "i110", 0) is None  # exactly the slop apart
+    assert pairer.add_image(110 * MS, "i110b", 0) is None
+    assert pairer.evicted_images == [(110 * MS, "i110")]
+    assert pairer.add_scan(115 * MS, "s115", 0).image == "i110b"
+
+    pairer = ApproximateTimePairer(queue_size=2, slop_ns=10 * MS)
+    for stamp in (200, 100, 300):  # out of order: the oldest stamp goes, though it came second
+        pairer.add_image(stamp * MS, f"i{stamp}", 0)
+    assert pairer.evicted_images == [(100 * MS, "i100")]
+    pairer.evicted_images.clear()
+    pairer.add_scan(50 * MS, "s50", 0)
+    assert pairer.add_image(50 * MS, "i50", 0) is None  # older than both queued: dropped at once
+    assert pairer.evicted_images == [(50 * MS, "i50")]
+
+    pairer = ApproximateTimePairer(queue_size=5, slop_ns=10 * MS)
+    pairer.add_scan(96 * MS, "s96", 0)
+    pairer.add_scan(104 * MS, "s104", 0)
+    assert pairer.add_image(100 * MS, "i100", 0).scan == "s96"
+
+
 # --- rate control --------------------------------------------------------------------------------
 
 
@@ -218,3 +245,23 @@ def test_dynamic_transforms_interpolate_and_never_extrapolate():
     np.testing.assert_allclose(buffer.lookup("odom", "base", 2000)[:3, 3], [1.0, 0.0, 0.0])
     with pytest.raises(TransformError, match="no transform"):
         buffer.lookup("odom", "base", 3001)
+
+
+def test_tf2_semantics_time_zero_is_the_latest_common_time_and_a_leading_slash_is_refused():
+    buffer = TransformBuffer()
+    for stamp_ns, x in ((1000, 0.0), (3000, 2.0), (5000, 4.0)):
+        pose = np.eye(4)
+        pose[0, 3] = x
+        buffer.add(transform_from_matrix(pose, "odom", "base", stamp_ns=stamp_ns), static=False)
+    lidar = np.eye(4)
+    lidar[2, 3] = 1.5
+    buffer.add(transform_from_matrix(lidar, "base", "lidar"), static=True)
+    np.testing.assert_allclose(buffer.lookup("odom", "lidar", 0)[:3, 3], [4.0, 0.0, 1.5])
+    buffer.add(transform_from_matrix(np.eye(4), "odom", "camera", stamp_ns=2000), static=False)
+    # The camera is known only at 2000: the latest time both chains are known.
+    np.testing.assert_allclose(buffer.lookup("camera", "lidar", 0)[:3, 3], [1.0, 0.0, 1.5])
+    np.testing.assert_array_equal(buffer.lookup("base", "lidar", 0), buffer.lookup("base", "lidar", 7))
+    with pytest.raises(TransformError, match="starts with '/'"):
+        buffer.lookup("/odom", "lidar", 0)
+    with pytest.raises(TransformError, match="starts with '/'"):
+        buffer.add(transform_from_matrix(np.eye(4), "/map", "odom"), static=True)

@@ -79,7 +79,9 @@ class EncoderNode(Node):
             "the work queue, which drops its oldest",
         )
         queue_size = declare(self, "sync_queue_size", 10, "messages kept per input by the image/scan pairing")
-        slop = declare(self, "sync_slop", 0.05, "largest stamp difference of a paired image and scan, seconds")
+        slop = declare(
+            self, "sync_slop", 0.05, "a paired image and scan differ in stamp by less than this, seconds (as slop)"
+        )
         self._scan_timeout_s = declare(
             self, "scan_timeout", 0.3, "seconds past the slop an image waits for its scan before it is sent without"
         )

@@ -37,6 +37,13 @@ def _matrix(translation: np.ndarray, quaternion: np.ndarray) -> np.ndarray:
         raise TransformError(f"transform has an invalid rotation: {error}") from None
 
 
+def _frame_id(frame: str) -> str:
+    """A frame id as tf2 takes it: one with a leading '/' (ROS 1 style) is refused, not stripped."""
+    if frame.startswith("/"):
+        raise TransformError(f"frame id '{frame}' starts with '/': tf2 refuses such ids, so this buffer does")
+    return frame
+
+
 def _parts(msg: object) -> tuple[np.ndarray, np.ndarray]:
     t, q = msg.transform.translation, msg.transform.rotation
     return np.array([t.x, t.y, t.z], dtype=np.float64), np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
@@ -117,8 +124,7 @@ class TransformBuffer:
         self._frames: dict[str, _History] = {}
 
     def add(self, msg: object, static: bool) -> None:
-        child = msg.child_frame_id.lstrip("/")
-        parent = msg.header.frame_id.lstrip("/")
+        child, parent = _frame_id(msg.child_frame_id), _frame_id(msg.header.frame_id)
         if not child or not parent or child == parent:
             raise TransformError(f"transform '{parent}' <- '{child}' does not link two frames")
         history = self._frames.get(child)
@@ -139,33 +145,39 @@ class TransformBuffer:
         cutoff = bisect.bisect_left(history.stamps, history.stamps[-1] - self._cache_ns)
         del history.stamps[:cutoff], history.parts[:cutoff]
 
-    def _to_root(self, frame: str, time_ns: int) -> tuple[list[str], list[np.ndarray]]:
-        """Frames from ``frame`` up to its root and the matrices taking each into its parent."""
-        chain, matrices = [frame], []
+    def _chain(self, frame: str) -> list[str]:
+        """``frame`` and its ancestors up to its root."""
+        chain = [frame]
         while chain[-1] in self._frames:
-            history = self._frames[chain[-1]]
-            matrices.append(history.at(time_ns))
-            chain.append(history.parent)
+            chain.append(self._frames[chain[-1]].parent)
             if len(chain) > 1000:
                 raise TransformError(f"TF tree has a loop through '{frame}'")
-        return chain, matrices
+        return chain
+
+    def _to_ancestor(self, children: list[str], time_ns: int) -> np.ndarray:
+        """The matrix taking points in ``children[0]`` into the parent of ``children[-1]``."""
+        matrix = np.eye(4)
+        for child in children:
+            matrix = compose_exactly(self._frames[child].at(time_ns), matrix)
+        return matrix
 
     def lookup(self, target: str, source: str, time_ns: int) -> np.ndarray:
-        """4x4 matrix taking points in ``source`` to ``target`` at ``time_ns``; raises TransformError."""
-        target, source = target.lstrip("/"), source.lstrip("/")
+        """4x4 matrix taking points in ``source`` to ``target`` at ``time_ns`` (0: the latest time all
+        the transforms between them are known, as in tf2); raises TransformError. Only the transforms
+        on the path between the two frames count, not those above their common ancestor."""
+        target, source = _frame_id(target), _frame_id(source)
         if target == source:
             return np.eye(4)
-        source_chain, source_matrices = self._to_root(source, time_ns)
-        target_chain, target_matrices = self._to_root(target, time_ns)
+        source_chain, target_chain = self._chain(source), self._chain(target)
         common = next((frame for frame in source_chain if frame in target_chain), None)
         if common is None:
             raise TransformError(f"frames '{source}' and '{target}' are not connected in TF")
-        source_to_common = np.eye(4)
-        for matrix in source_matrices[: source_chain.index(common)]:
-            source_to_common = compose_exactly(matrix, source_to_common)
-        target_to_common = np.eye(4)
-        for matrix in target_matrices[: target_chain.index(common)]:
-            target_to_common = compose_exactly(matrix, target_to_common)
+        path = source_chain[: source_chain.index(common)], target_chain[: target_chain.index(common)]
+        if time_ns == 0:
+            # tf2's time 0: the latest stamp at which every dynamic transform on the path is known.
+            dynamic = [self._frames[child] for child in path[0] + path[1] if self._frames[child].static is None]
+            time_ns = min((history.stamps[-1] for history in dynamic), default=0)
+        source_to_common, target_to_common = (self._to_ancestor(children, time_ns) for children in path)
         return compose_exactly(_rigid_inverse(target_to_common), source_to_common)
 
 
