@@ -89,3 +89,17 @@ def test_the_node_memory_bench_splits_all_of_a_process_resident_memory_by_mappin
     assert sorted(split) == sorted(bench.KINDS)
     assert abs(sum(split.values()) - total) < 1, (split, total)
     assert split["heap"] + split["thread heaps"] + split["other anonymous"] >= 64, split
+
+
+def test_the_refinement_bench_prints_one_row_per_effort_and_refinement_never_raises_the_loss(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    bench = importlib.import_module("bench_refinement")
+    arguments = ["--data-dir", str(DATA), "--frames", "1", "--efforts", "0,3", "--quality", "2.5", "--threads", "2"]
+    assert bench.main(arguments) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("hyper-vr q2.5 (lambda ") and " x 256, cpu, 2 threads" in lines[0]
+    rows = {row[0]: row for row in ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[3:])}
+    assert set(rows) == {"0", "3"}
+    assert all(float(cell) > 0 for row in rows.values() for cell in row[1:])
+    assert float(rows["3"][5]) <= float(rows["0"][5])
+    torch.set_num_threads(2)
