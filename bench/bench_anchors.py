@@ -10,7 +10,6 @@ the machine and its load.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -20,9 +19,10 @@ import numpy as np
 from PIL import Image
 
 from pcic_ros.experiments.anchors import ANCHORS, available_anchors
+from pcic_ros.experiments.datasets import default_data_dir
 from pcic_ros.experiments.metrics import bits_per_pixel, psnr
 
-DEFAULT_DATA_DIR = Path(os.environ.get("PCIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DEFAULT_DATA_DIR = default_data_dir()
 FRAME_GLOB = "kitti_object/training/image_2/*.png"
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import tempfile
 import time
@@ -25,12 +24,12 @@ import numpy as np
 import torch
 
 from pcic_ros.codec.api import Codec
-from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.experiments.datasets import default_data_dir, discover_frames
 from pcic_ros.experiments.evaluation import pick_evenly
 from pcic_ros.experiments.training import TrainConfig, train
 from pcic_ros.experiments.training_data import PAPER_CROP, crop_box, crop_calibration, split_by_sequence
 
-DEFAULT_DATA = Path(os.environ.get("PCIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DEFAULT_DATA = default_data_dir()
 MODELS = ("hyper-vr", "hyper-pc-vr")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA_DIR = Path(os.environ.get("PCIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from pcic_ros.experiments.datasets import default_data_dir
+
+DEFAULT_DATA_DIR = default_data_dir()
 DRIFT_PSNR_DB = 40.0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pcic_ros.experiments.datasets import default_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("PCIC_DATA", REPO.parent / "shared" / "data"))
+DATA = default_data_dir()
 
 #: One frame per layout, with three different sizes that are not multiples of 64.
 LAYOUT_FRAMES = {

@@ -1,12 +1,11 @@
 """The classic anchor codecs on a real KITTI frame: round trips, quality floors, and rate sweeps."""
 
 import dataclasses
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA
 from PIL import Image
 
 from pcic_ros.experiments.anchors import ANCHORS, AnchorUnavailableError, available_anchors, get_anchor
@@ -20,15 +19,9 @@ FRAME = "kitti_raw/2011_09_26/2011_09_26_drive_sfnd_sync/image_02/data/000000000
 PSNR_FLOOR_DB = {"4:2:0": 28.0, "4:4:4": 33.0}
 
 
-def _data_dir() -> Path:
-    if "PCIC_DATA" in os.environ:
-        return Path(os.environ["PCIC_DATA"])
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.fixture(scope="module")
 def frame() -> np.ndarray:
-    path = _data_dir() / FRAME
+    path = DATA / FRAME
     if not path.exists():
         raise FileNotFoundError(f"KITTI frame {path} not found; set PCIC_DATA to the shared data folder")
     with Image.open(path) as image:

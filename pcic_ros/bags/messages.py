@@ -177,5 +177,3 @@ def tf_static_message(
         header=_header(nanoseconds, camera_frame), child_frame_id=lidar_frame, transform=transform
     )
     return types[TF_MESSAGE_TYPE](transforms=[stamped])
-
-

@@ -15,6 +15,7 @@ object layouts), so that splits never put frames of one sequence on both sides.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,15 @@ from PIL import Image
 
 from pcic_ros.codec.projection import Calibration
 
-__all__ = ["Frame", "load_image", "load_scan", "discover_frames", "DataError"]
+__all__ = ["Frame", "load_image", "load_scan", "discover_frames", "default_data_dir", "DataError"]
+
+
+def default_data_dir() -> Path:
+    """Where the KITTI frames are by default: $PCIC_DATA, else the ``shared/data`` folder beside the
+    checkout (as this project's machines have it)."""
+    if os.environ.get("PCIC_DATA"):
+        return Path(os.environ["PCIC_DATA"])
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 class DataError(ValueError):

@@ -9,7 +9,6 @@ qualities and JPEG over its range on the same frames and writes the RD plot (``r
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,11 @@ from tqdm import tqdm
 from pcic_ros.codec.api import Codec
 from pcic_ros.codec.zoo import checkpoint_path
 from pcic_ros.experiments.anchors import get_anchor
-from pcic_ros.experiments.datasets import DataError, Frame, discover_frames
+from pcic_ros.experiments.datasets import DataError, Frame, default_data_dir, discover_frames
 from pcic_ros.experiments.evaluation import evaluate, plot_rd
 from pcic_ros.experiments.metrics import psnr
 
 __all__ = ["add_parser", "default_data_dir", "pick_frames", "run_demo", "jpeg_at_rate"]
-
-
-def default_data_dir() -> Path:
-    """$PCIC_DATA, else the ``shared/data`` folder beside the checkout."""
-    if "PCIC_DATA" in os.environ:
-        return Path(os.environ["PCIC_DATA"])
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def pick_frames(frames: list[Frame], count: int) -> list[Frame]:

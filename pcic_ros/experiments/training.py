@@ -54,7 +54,7 @@ from pcic_ros.codec.zoo import (
     round_for_storage,
     stored_state_dict,
 )
-from pcic_ros.experiments.datasets import DataError, discover_frames
+from pcic_ros.experiments.datasets import DataError, default_data_dir, discover_frames
 from pcic_ros.experiments.metrics import psnr
 from pcic_ros.experiments.training_data import (
     DEFAULT_VALIDATION_SEQUENCES,
@@ -98,7 +98,7 @@ class TrainConfig:
     #: Weights to start from (a run's model.pt or a shipped checkpoint; a single-rate one for a
     #: variable-rate model, whose gain units then start as ``GainUnits`` documents), or None.
     init_from: str | None = None
-    data: str = "../shared/data"
+    data: str = field(default_factory=lambda: str(default_data_dir()))
     #: c_proj cache; None means beside the data (see ``pcic prepare``).
     cache: str | None = None
     validation_sequences: list[str] = field(default_factory=lambda: list(DEFAULT_VALIDATION_SEQUENCES))
