@@ -11,6 +11,7 @@ model is registered.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +34,10 @@ from pcic_ros.codec.projection import Calibration, CalibrationError, depth_finge
 from pcic_ros.codec.zoo import MODELS, create_model, weights_fingerprint
 from pcic_ros.models import PointCloudCompressionModel
 from pcic_ros.models.gain import quality_lambda
+from pcic_ros.models.pointcloud import PointCloudFeatures
 from pcic_ros.models.refinement import refine_latents, supports_refinement
 
-__all__ = ["Codec", "EncodedFrame", "ScanError", "default_device", "depth_input"]
+__all__ = ["Codec", "EncodedFrame", "ScanError", "ScanFeatures", "default_device", "depth_input"]
 
 
 class ScanError(ValueError):
@@ -59,6 +61,21 @@ class EncodedFrame:
     @property
     def bits_per_pixel(self) -> float:
         return 8.0 * len(self.data) / (self.header.height * self.header.width)
+
+
+@dataclass(frozen=True)
+class ScanFeatures:
+    """A scan made ready for coding frames of one size with one model's weights (``Codec.scan_features``),
+    before the image comes: its depth map's fingerprint and the point-cloud branch's output. Encoding or
+    decoding with it gives the bytes and images that the scan itself gives."""
+
+    weights_fingerprint: bytes
+    height: int
+    width: int
+    depth_fingerprint: bytes
+    zeros_fallback: bool
+    c_proj: torch.Tensor | None
+    features: PointCloudFeatures | None = None
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -195,6 +212,44 @@ class Codec:
             c_proj[0, 0, :height, :width] = torch.from_numpy(equalized).float().div_(255.0)
         return c_proj.to(self.device)
 
+    def _scan_input(
+        self,
+        model: PointCloudCompressionModel,
+        weights_fp: bytes,
+        scan: np.ndarray | None,
+        calibration: Calibration | None,
+        height: int,
+        width: int,
+    ) -> ScanFeatures:
+        """The depth map's fingerprint and c_proj of a frame (no branch features yet)."""
+        uses_scan = model.scan_at_encoder or model.scan_at_decoder
+        equalized = depth_input(scan, calibration, height, width, self._depth_levels(model)) if uses_scan else None
+        fingerprint_map = equalized if equalized is not None else np.zeros((height, width), np.uint8)
+        padded = _padded_size(model, height, width)
+        c_proj = self._c_proj(equalized, height, width, padded) if model.branch is not None else None
+        return ScanFeatures(
+            weights_fp, height, width, depth_fingerprint(fingerprint_map), uses_scan and equalized is None, c_proj
+        )
+
+    @torch.no_grad()
+    def scan_features(
+        self,
+        scan: np.ndarray | None,
+        calibration: Calibration | None,
+        height: int,
+        width: int,
+        model: str | None = None,
+        quality: float | None = None,
+    ) -> ScanFeatures:
+        """The scan's part of coding a ``height`` x ``width`` frame, done ahead of the image (when the
+        scan arrives): projection, equalisation and the point-cloud branch. ``encode`` and ``decode``
+        take it as ``features``. ``model`` and ``quality`` default to this codec's (a decoder prepares
+        for the model its stream uses)."""
+        name = model or self.model_name
+        chosen, weights_fp = self._model(name, stored_quality(quality) if quality is not None else self.quality)
+        prepared = self._scan_input(chosen, weights_fp, scan, calibration, height, width)
+        return dataclasses.replace(prepared, features=chosen.scan_features(prepared.c_proj))
+
     def encode(
         self,
         image: np.ndarray,
@@ -202,15 +257,18 @@ class Codec:
         calibration: Calibration | None,
         effort: int = 0,
         deadline: float | None = None,
+        features: ScanFeatures | None = None,
     ) -> bytes:
         """Encode one RGB frame (H x W x 3 uint8) with its scan (N x 3/4, LiDAR frame) and calibration.
         ``scan=None`` codes the frame with the all-zeros fallback; the decoder then needs no scan.
+        ``features`` (``scan_features``, computed when the scan came) takes the place of scan and
+        calibration, so that the image pays only for its own part.
 
         ``effort`` > 0 refines the frame's latents in that many optimisation steps before coding them
         (``pcic_ros.models.refinement``; HYPER-family models): fewer bits for the same decoder, at the
         price of encoder time. ``deadline`` (a ``time.monotonic()`` value) ends the refinement early.
         """
-        return self.encode_frame(image, scan, calibration, False, effort, deadline).data
+        return self.encode_frame(image, scan, calibration, False, effort, deadline, features).data
 
     @torch.no_grad()
     def encode_frame(
@@ -221,6 +279,7 @@ class Codec:
         reconstruct: bool = True,
         effort: int = 0,
         deadline: float | None = None,
+        features: ScanFeatures | None = None,
     ) -> EncodedFrame:
         """Like ``encode``, also returning the header and, with ``reconstruct``, the image the decoder
         will produce (one synthesis pass more: an encoder that only sends leaves it out)."""
@@ -228,20 +287,21 @@ class Codec:
         effort = self.check_effort(effort)
         model, weights_fp = self._model(self.model_name, self.quality)
         height, width = image.shape[:2]
-        factor = model.downsampling_factor
-        padded = (-(-height // factor) * factor, -(-width // factor) * factor)
-        uses_scan = model.scan_at_encoder or model.scan_at_decoder
-        equalized = depth_input(scan, calibration, height, width, self._depth_levels(model)) if uses_scan else None
-        zeros_fallback = uses_scan and equalized is None
-        fingerprint_map = equalized if equalized is not None else np.zeros((height, width), np.uint8)
+        padded = _padded_size(model, height, width)
+        if features is None:
+            prepared = self._scan_input(model, weights_fp, scan, calibration, height, width)
+        elif scan is not None or calibration is not None:
+            raise ValueError("give the scan and calibration or their features, not both")
+        else:
+            prepared = _check_features(features, weights_fp, height, width)
         x = torch.tensor(image, device=self.device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
         # Replicate padding keeps the padded border cheap to code; it is cropped away after decoding.
         x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
-        c_proj = self._c_proj(equalized, height, width, padded) if model.branch is not None else None
         if effort == 0:
-            out = model.compress(x, c_proj, reconstruct=reconstruct, **_rate(self.model_name, self.quality))
+            rate = _rate(self.model_name, self.quality)
+            out = model.compress(x, prepared.c_proj, reconstruct=reconstruct, features=prepared.features, **rate)
         else:
-            out = self._refined(model, x, c_proj, image, effort, deadline)
+            out = self._refined(model, x, prepared, image, effort, deadline)
         header = FrameHeader(
             model=self.model_name,
             quality=self.quality,
@@ -249,9 +309,9 @@ class Codec:
             width=width,
             padded_height=padded[0],
             padded_width=padded[1],
-            depth_fingerprint=depth_fingerprint(fingerprint_map),
+            depth_fingerprint=prepared.depth_fingerprint,
             weights_fingerprint=weights_fp,
-            zeros_fallback=zeros_fallback,
+            zeros_fallback=prepared.zeros_fallback,
         )
         strings = [s[0] for s in out["strings"]]
         reconstruction = _to_image(out["x_hat"], height, width) if reconstruct else None
@@ -261,7 +321,7 @@ class Codec:
         self,
         model: PointCloudCompressionModel,
         x: torch.Tensor,
-        c_proj: torch.Tensor | None,
+        prepared: ScanFeatures,
         image: np.ndarray,
         effort: int,
         deadline: float | None,
@@ -271,7 +331,9 @@ class Codec:
         so refinement never makes a frame worse by the loss it pursues."""
         rate = _rate(self.model_name, self.quality)
         height, width = image.shape[:2]
-        features = model.encoder_features(c_proj, reconstruct=True)
+        features = prepared.features
+        if features is None:
+            features = model.encoder_features(prepared.c_proj, reconstruct=True)
         y, z = model.analyse(x, features, **rate)
         lmbda = quality_lambda(self.quality)
         quality = rate.get("quality")
@@ -287,10 +349,17 @@ class Codec:
         return best
 
     @torch.inference_mode()
-    def decode(self, data: bytes, scan: np.ndarray | None = None, calibration: Calibration | None = None) -> np.ndarray:
+    def decode(
+        self,
+        data: bytes,
+        scan: np.ndarray | None = None,
+        calibration: Calibration | None = None,
+        features: ScanFeatures | None = None,
+    ) -> np.ndarray:
         """Decode a container to an H x W x 3 uint8 image. ``scan`` and ``calibration`` must be the ones
         the encoder used (unless the frame used the zeros fallback or the model does not use the scan
-        at the decoder). Raises BitstreamError (or its ScanMismatchError) for any bad input."""
+        at the decoder); ``features`` (``scan_features`` of them, computed ahead) may take their place.
+        Raises BitstreamError (or its ScanMismatchError) for any bad input."""
         header, strings = unpack(data)
         if header.height * header.width > self.max_decode_pixels:
             raise BitstreamError(
@@ -313,8 +382,12 @@ class Codec:
             raise BitstreamError(f"padded size is not a multiple of {factor}")
         if header.padded_height - header.height >= factor or header.padded_width - header.width >= factor:
             raise BitstreamError("padding larger than the model needs")
-        c_proj = None
-        if model.branch is not None:
+        c_proj = branch_features = None
+        if model.branch is not None and features is not None and model.scan_at_decoder and not header.zeros_fallback:
+            branch_features = _check_features(features, weights_fp, header.height, header.width).features
+            if features.depth_fingerprint != header.depth_fingerprint:
+                raise ScanMismatchError("the scan's features are of another depth map than the encoder's")
+        elif model.branch is not None:
             equalized = None
             if model.scan_at_decoder and not header.zeros_fallback:
                 if scan is None:
@@ -332,7 +405,8 @@ class Codec:
             c_proj = self._c_proj(equalized, header.height, header.width, (header.padded_height, header.padded_width))
         shape = (header.padded_height // factor, header.padded_width // factor)
         try:
-            out = model.decompress([[s] for s in strings], shape, c_proj, **_rate(header.model, header.quality))
+            rate = _rate(header.model, header.quality)
+            out = model.decompress([[s] for s in strings], shape, c_proj, features=branch_features, **rate)
         except (RuntimeError, ValueError, FixedPointError) as error:
             # FixedPointError: forged strings decode to latents far larger than any encoder writes, and the
             # fixed-point hyper-synthesis refuses values past exact float64 integers.
@@ -351,6 +425,22 @@ def _check_device(device: str) -> torch.device:
     if checked.type not in ("cpu", "cuda"):
         raise ValueError(f"device '{device}' is not supported; use cpu or cuda")
     return checked
+
+
+def _padded_size(model: PointCloudCompressionModel, height: int, width: int) -> tuple[int, int]:
+    factor = model.downsampling_factor
+    return -(-height // factor) * factor, -(-width // factor) * factor
+
+
+def _check_features(features: ScanFeatures, weights_fp: bytes, height: int, width: int) -> ScanFeatures:
+    """``features`` when they were made for these weights and this frame size, else ScanMismatchError."""
+    if features.weights_fingerprint != weights_fp:
+        raise ScanMismatchError("the scan's features were computed for another model or quality")
+    if (features.height, features.width) != (height, width):
+        raise ScanMismatchError(
+            f"the scan's features are for {features.width} x {features.height} frames, this one is {width} x {height}"
+        )
+    return features
 
 
 def _rate(name: str, quality: float) -> dict[str, float]:

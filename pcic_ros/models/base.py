@@ -70,6 +70,12 @@ class PointCloudCompressionModel(CompressionModel):
         fg = self.point_cloud is not None and (self.point_cloud.fg_analysis or reconstruct)
         return self._features(c_proj, need_scales=fg)
 
+    def scan_features(self, c_proj: Tensor | None) -> PointCloudFeatures | None:
+        """Everything either side needs from the scan (c1..c3 and c_hyper), computed once ahead of the
+        image: ``compress`` and ``decompress`` take it as ``features`` and give the bytes and images
+        they give from ``c_proj``. None for a model without a branch."""
+        return self._features(c_proj, need_scales=True) if self.branch is not None else None
+
     def decoder_features(self, c_proj: Tensor | None) -> PointCloudFeatures | None:
         """What the decoder needs: c1..c3 for the synthesis transform (if FG there) and c_hyper (if FF)."""
         fg = self.point_cloud is not None and self.point_cloud.fg_synthesis
@@ -103,12 +109,19 @@ class LatentCodecModel(PointCloudCompressionModel):
             "c_pre": features.c_pre if features is not None else None,
         }
 
-    def compress(self, x: Tensor, c_proj: Tensor | None = None, reconstruct: bool = False) -> dict:
+    def compress(
+        self,
+        x: Tensor,
+        c_proj: Tensor | None = None,
+        reconstruct: bool = False,
+        features: PointCloudFeatures | None = None,
+    ) -> dict:
         """Entropy-code x into ``num_strings`` strings (y's, then z). ``shape`` is z's size, from which
         ``decompress`` derives every other. With ``reconstruct`` also return the decoder's x_hat: the
-        latent codec hands back y_hat as the decoder will rebuild it, so the two are identical."""
+        latent codec hands back y_hat as the decoder will rebuild it, so the two are identical.
+        ``features`` (``scan_features``, computed ahead) replaces ``c_proj``."""
         # With reconstruct the synthesis needs its features too: run the branch once for both sides.
-        features = self.encoder_features(c_proj, reconstruct)
+        features = features if features is not None else self.encoder_features(c_proj, reconstruct)
         y = self.g_a(x, features)
         coded = self.latent_codec.compress(y, self._c_hyper(features))
         out = {"strings": coded["strings"], "shape": coded["shape"]["hyper"]}
@@ -116,9 +129,15 @@ class LatentCodecModel(PointCloudCompressionModel):
             out["x_hat"] = self.g_s(coded["y_hat"], features).clamp_(0, 1)
         return out
 
-    def decompress(self, strings: list, shape: tuple[int, int], c_proj: Tensor | None = None) -> dict:
+    def decompress(
+        self,
+        strings: list,
+        shape: tuple[int, int],
+        c_proj: Tensor | None = None,
+        features: PointCloudFeatures | None = None,
+    ) -> dict:
         if len(strings) != self.num_strings:
             raise ValueError(f"{type(self).__name__} expects {self.num_strings} strings, got {len(strings)}")
-        features = self.decoder_features(c_proj)
+        features = features if features is not None else self.decoder_features(c_proj)
         y_hat = self.latent_codec.decompress(strings, self.latent_shapes(*shape), self._c_hyper(features))["y_hat"]
         return {"x_hat": self.g_s(y_hat, features).clamp_(0, 1)}

@@ -153,11 +153,13 @@ class ScaleHyperprior(PointCloudCompressionModel):
         c_proj: Tensor | None = None,
         reconstruct: bool = False,
         quality: float | Tensor | None = None,
+        features: PointCloudFeatures | None = None,
     ) -> dict:
         """Entropy-code x. With ``reconstruct`` also return the decoder's x_hat, computed from the same
-        dequantised symbols the decoder will see (so the two are identical)."""
+        dequantised symbols the decoder will see (so the two are identical). ``features``
+        (``scan_features``, computed ahead) replaces ``c_proj``."""
         # With reconstruct the synthesis needs its features too: run the branch once for both sides.
-        features = self.encoder_features(c_proj, reconstruct)
+        features = features if features is not None else self.encoder_features(c_proj, reconstruct)
         y, z = self.analyse(x, features, quality)
         return self.compress_latents(y, z, features, reconstruct, quality)
 
@@ -232,10 +234,11 @@ class ScaleHyperprior(PointCloudCompressionModel):
         shape: tuple[int, int],
         c_proj: Tensor | None = None,
         quality: float | Tensor | None = None,
+        features: PointCloudFeatures | None = None,
     ) -> dict:
         if len(strings) != 2:
             raise ValueError(f"{type(self).__name__} expects 2 strings (y, z), got {len(strings)}")
-        features = self.decoder_features(c_proj)
+        features = features if features is not None else self.decoder_features(c_proj)
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         indexes = self.gaussian_conditional.build_indexes(self._scales(z_hat, features))
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
