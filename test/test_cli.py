@@ -15,6 +15,7 @@ from conftest import DATA, LAYOUT_FRAMES, pcic
 from pcic_ros.cli import main
 from pcic_ros.codec.api import Codec
 from pcic_ros.codec.bitstream import pack, unpack
+from pcic_ros.codec.zoo import checkpoint_path
 from pcic_ros.experiments.datasets import DataError, load_image, load_scan
 
 IMAGE, SCAN, CALIB = (str(DATA / p) for p in LAYOUT_FRAMES["kitti_raw"])
@@ -98,6 +99,10 @@ def test_unreadable_inputs_and_bad_options_are_refused_in_one_line(tmp_path, cap
         (["encode", IMAGE, "-o", "-"], "standard output"),
         (["encode", IMAGE, "-o", str(out), "--model", "hyper", "--device", "bogus"], "unknown device"),
         (["encode", IMAGE, "-o", str(out), "--model", "hyper", "--checkpoint", str(tmp_path / "bad.pt")], "bad.pt"),
+        (
+            ["encode", IMAGE, "-o", str(out), "--model", "hyper", "--checkpoint", str(checkpoint_path("hyper-vr", 3))],
+            "not weights of 'hyper' (Unexpected key(s) in state_dict: \"gain_units.",
+        ),
         (["decode", str(tmp_path), "-o", str(tmp_path / "x.png")], "Is a directory"),
         (["info", str(tmp_path)], "Is a directory"),
         (["decode", str(tmp_path / "none.pcic"), "-o", str(tmp_path / "x.unknown")], "image extension"),

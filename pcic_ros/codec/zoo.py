@@ -198,9 +198,14 @@ def _load_checkpoint(model: PointCloudCompressionModel, checkpoint: str | Path, 
 
 
 def _first_line(error: Exception) -> str:
-    """torch's load errors run to pages; their first line names the cause."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    """torch's load errors run to pages; their first line names the cause (the next one, shortened,
+    when the first only introduces a list, as load_state_dict's does)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return lines[1] if len(lines[1]) <= 160 else lines[1][:157] + "..."
+    return lines[0]
 
 
 def create_model(
