@@ -46,11 +46,11 @@ def pcic(*args: str) -> subprocess.CompletedProcess:
 
 def load_layout_frame(layout: str):
     """(image, scan, calibration) of the layout's test frame."""
-    from pcic_ros.cli import load_calibration
+    from pcic_ros.codec.projection import Calibration
     from pcic_ros.experiments.datasets import load_image, load_scan
 
     image, scan, calib = LAYOUT_FRAMES[layout]
-    return load_image(DATA / image), load_scan(DATA / scan), load_calibration(DATA / calib)
+    return load_image(DATA / image), load_scan(DATA / scan), Calibration.from_kitti(DATA / calib)
 
 
 @pytest.fixture(scope="session", params=sorted(LAYOUT_FRAMES))

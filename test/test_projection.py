@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from conftest import DATA, LAYOUT_FRAMES, load_layout_frame
 
-from pcic_ros.cli import load_calibration
 from pcic_ros.codec.api import depth_input
 from pcic_ros.codec.projection import (
     Calibration,
@@ -51,7 +50,7 @@ def test_projection_matches_independent_computation(layout):
 
 
 def test_kitti_raw_calibration_composes_the_documented_matrices():
-    calib = load_calibration(DATA / LAYOUT_FRAMES["kitti_raw"][2])
+    calib = Calibration.from_kitti(DATA / LAYOUT_FRAMES["kitti_raw"][2])
     cam = (DATA / "kitti_raw/2011_09_26/calib_cam_to_cam.txt").read_text()
     p_rect_02 = next(line for line in cam.splitlines() if line.startswith("P_rect_02:"))
     np.testing.assert_array_equal(calib.projection.ravel(), [float(v) for v in p_rect_02.split()[1:]])

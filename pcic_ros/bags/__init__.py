@@ -653,9 +653,8 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 def _run_decode(args: argparse.Namespace) -> int:
-    from pcic_ros.cli import load_calibration
 
-    calibration = load_calibration(args.calib) if args.calib else None
+    calibration = Calibration.from_kitti(args.calib) if args.calib else None
     rows = decode(
         args.bag,
         args.out,

@@ -21,7 +21,7 @@ from pcic_ros.codec.bitstream import BitstreamError, read_header
 from pcic_ros.codec.projection import Calibration, CalibrationError
 from pcic_ros.experiments.datasets import DataError, load_image, load_scan
 
-__all__ = ["main", "build_parser", "load_calibration"]
+__all__ = ["main", "build_parser"]
 
 #: Subcommands defined in other modules: name -> (module that adds it, one-line help).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -42,20 +42,12 @@ CORE_COMMANDS = {
 }
 
 
-def load_calibration(path: str | Path) -> Calibration:
-    """A KITTI raw date folder (calib_cam_to_cam.txt + calib_velo_to_cam.txt) or a KITTI object file."""
-    path = Path(path)
-    if path.is_dir():
-        return Calibration.from_kitti_raw(path)
-    return Calibration.from_kitti_object(path)
-
-
 def _frame_inputs(args: argparse.Namespace) -> tuple[np.ndarray | None, Calibration | None]:
     if args.scan is None:
         return None, None
     if args.calib is None:
         raise CalibrationError("--scan needs --calib (KITTI raw date folder or KITTI object calib file)")
-    return load_scan(args.scan), load_calibration(args.calib)
+    return load_scan(args.scan), Calibration.from_kitti(args.calib)
 
 
 #: What `pcic decode` accepts by default: a Full HD frame (about 3.4 GB and 2 minutes for HYPER-PC on

@@ -160,6 +160,13 @@ class Calibration:
         return cls(camera, np.eye(4), transform)
 
     @classmethod
+    def from_kitti(cls, path: str | Path) -> Calibration:
+        """A KITTI raw date folder (calib_cam_to_cam.txt + calib_velo_to_cam.txt) or a KITTI object
+        calibration file, camera 2."""
+        path = Path(path)
+        return cls.from_kitti_raw(path) if path.is_dir() else cls.from_kitti_object(path)
+
+    @classmethod
     def from_kitti_object(cls, path: str | Path, camera: int = 2) -> Calibration:
         """KITTI 3D object layout: one file with P0..P3, R0_rect and Tr_velo_to_cam."""
         path = Path(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pcic_ros.codec.bitstream import MAX_STRINGS
 from pcic_ros.models import Elic, Mlic, PointCloudCompressionModel, ScaleHyperprior
 from pcic_ros.models.gain import check_quality
 from pcic_ros.models.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
@@ -236,6 +237,10 @@ def create_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(name, quality))
         model = spec.build()
+    # The container, not the model, bounds the strings of a frame (HYPER writes 2).
+    strings = getattr(model, "num_strings", 2)
+    if strings > MAX_STRINGS:
+        raise ValueError(f"'{name}' writes {strings} strings per frame; a container holds {MAX_STRINGS}")
     if checkpoint is not None:
         _load_checkpoint(model, checkpoint, name)
     else:

@@ -27,7 +27,6 @@ from compressai.layers import (
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
-from pcic_ros.codec.bitstream import MAX_STRINGS
 from pcic_ros.codec.fixed_point import compute_in_fixed_point
 from pcic_ros.models.base import LatentCodecModel
 from pcic_ros.models.elic import RefinedHyperpriorLatentCodec, _conditioned
@@ -259,8 +258,6 @@ class Mlic(LatentCodecModel):
         super().__init__(point_cloud)
         if slices < 1 or M % slices:
             raise ValueError(f"{slices} slices do not divide M = {M}")
-        if 2 * slices + 1 > MAX_STRINGS:
-            raise ValueError(f"{slices} slices need {2 * slices + 1} strings; a container holds {MAX_STRINGS}")
         ca, cs = self.transform_channels()
         a1, a2, a3 = (0, 1, 2) if ca else (None, None, None)
 
