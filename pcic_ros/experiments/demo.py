@@ -1,14 +1,16 @@
 """``pcic demo``: the README's main job on the shipped defaults.
 
-Encodes and decodes a handful of real KITTI frames with HYPER-PC and HYPER through real bitstreams,
-codes the same frames with JPEG at a similar rate, prints bpp / PSNR per frame and writes side-by-side
-images (original | HYPER-PC | HYPER | JPEG) to the output folder, then sweeps both models over the four
-qualities and JPEG over its range on the same frames and writes the RD plot (``rd.png``).
+Encodes and decodes a handful of real KITTI frames with HYPER-PC and HYPER (the variable-rate models,
+``DEMO_MODELS``) through real bitstreams, codes the same frames with JPEG at a similar rate, prints
+bpp / PSNR per frame and writes side-by-side images (original | HYPER-PC | HYPER | JPEG) to the
+output folder, then sweeps both models over the paper's four qualities and JPEG over its range on the
+same frames, writes the RD plot (``rd.png``) and says how long it all took.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,10 @@ from pcic_ros.experiments.datasets import DataError, Frame, default_data_dir, di
 from pcic_ros.experiments.evaluation import evaluate, plot_rd
 from pcic_ros.experiments.metrics import psnr
 
-__all__ = ["add_parser", "default_data_dir", "pick_frames", "run_demo", "jpeg_at_rate"]
+__all__ = ["DEMO_MODELS", "add_parser", "pick_frames", "run_demo", "jpeg_at_rate"]
+
+#: What the demo compares, by the label it prints: the variable-rate models (any quality 0..5).
+DEMO_MODELS = {"HYPER-PC": "hyper-pc-vr", "HYPER": "hyper-vr"}
 
 
 def pick_frames(frames: list[Frame], count: int) -> list[Frame]:
@@ -55,14 +60,15 @@ def jpeg_at_rate(image: np.ndarray, target_bytes: int) -> tuple[bytes, int]:
 
 
 def run_demo(
-    data_dir: Path, output_dir: Path, frame_count: int, quality: int, device: str | None, rd_plot: bool = True
+    data_dir: Path, output_dir: Path, frame_count: int, quality: float, device: str | None, rd_plot: bool = True
 ) -> list[dict]:
+    started = time.perf_counter()
     frames = pick_frames(discover_frames(data_dir), frame_count)
     output_dir.mkdir(parents=True, exist_ok=True)
-    codecs = {name: Codec(name, quality, device=device) for name in ("hyper-pc", "hyper")}
-    for name in codecs:
+    codecs = {label: Codec(name, quality, device=device) for label, name in DEMO_MODELS.items()}
+    for name in DEMO_MODELS.values():
         if not checkpoint_path(name, quality).is_file():
-            print(f"note: no shipped checkpoint for {name} q{quality}: using untrained (seeded) weights")
+            print(f"note: no shipped checkpoint for {name}: using untrained (seeded) weights")
     jpeg = get_anchor("jpeg")
     rows = []
     for frame in tqdm(frames, desc="demo frames", unit="frame"):
@@ -75,7 +81,7 @@ def run_demo(
             decoded = codec.decode(data, scan, calibration)
             row[name] = (8 * len(data) / pixels, psnr(image, decoded))
             panels.append(decoded)
-        jpeg_data, _ = jpeg_at_rate(image, int(row["hyper-pc"][0] * pixels / 8))
+        jpeg_data, _ = jpeg_at_rate(image, int(row["HYPER-PC"][0] * pixels / 8))
         jpeg_decoded = jpeg.decode(jpeg_data)
         row["jpeg"] = (8 * len(jpeg_data) / pixels, psnr(image, jpeg_decoded))
         panels.append(jpeg_decoded)
@@ -85,12 +91,14 @@ def run_demo(
         rows.append(row)
     print(f"\n{'frame':<46} {'size':>9}   {'HYPER-PC bpp/PSNR':>18}   {'HYPER bpp/PSNR':>16}   {'JPEG bpp/PSNR':>15}")
     for row in rows:
-        cells = "   ".join(f"{row[k][0]:7.3f} /{row[k][1]:6.2f} dB" for k in ("hyper-pc", "hyper", "jpeg"))
+        cells = "   ".join(f"{row[k][0]:7.3f} /{row[k][1]:6.2f} dB" for k in (*DEMO_MODELS, "jpeg"))
         print(f"{row['frame']:<46} {row['size']:>9}   {cells}")
     print(f"\nside-by-side images (original | HYPER-PC | HYPER | JPEG, top to bottom) in {output_dir}")
     if rd_plot:
-        sweep = evaluate(frames, list(codecs), anchors=["jpeg"], crop=None, device=str(codecs["hyper"].device))
+        device_name = str(codecs["HYPER"].device)
+        sweep = evaluate(frames, list(DEMO_MODELS.values()), anchors=["jpeg"], crop=None, device=device_name)
         print(f"RD plot of the same frames (qualities 1-4 and the JPEG sweep): {plot_rd(sweep, output_dir / 'rd.png')}")
+    print(f"demo done in {time.perf_counter() - started:.0f} s")
     return rows
 
 
@@ -107,7 +115,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="KITTI data folder (default: $PCIC_DATA or ../shared/data)")
     parser.add_argument("--output", default="out/demo", help="folder for the side-by-side images")
     parser.add_argument("--frames", type=int, default=4, help="number of frames")
-    parser.add_argument("--quality", type=int, default=4, choices=[1, 2, 3, 4])
+    parser.add_argument("--quality", type=float, default=4, help="quality of both models, 0..5 (default: 4)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-rd", action="store_true", help="skip the quality sweep and its RD plot")
     parser.set_defaults(func=_run)
