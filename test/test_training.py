@@ -189,6 +189,39 @@ def test_variable_rate_run_stopped_by_its_time_limit_resumes_exactly(tmp_path, c
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
 
 
+def test_a_warm_started_point_cloud_run_trains_its_added_parts_at_their_own_rate_and_keeps_snapshots(
+    tmp_path, cache_dir
+):
+    """hyper-pc-vr from the shipped hyper-vr: what the baseline lacks (branch, joins, Hyper Refiner)
+    is Adam's second group at branch_learning_rate, everything else the first; every checkpoint's
+    model.pt is kept as a snapshot, the last one being the exported model."""
+    settings = dict(
+        model="hyper-pc-vr",
+        init_from=str(checkpoint_path("hyper-vr", 3)),
+        steps=2,
+        learning_rate=1e-4,
+        branch_learning_rate=5e-4,
+        checkpoint_every=1,
+        keep_snapshots=True,
+    )
+    train(tiny_config(tmp_path / "run", cache_dir, **settings), progress=False)
+    groups = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [group["lr"] for group in groups] == [1e-4, 5e-4]
+    names = [name for name, _ in create_model("hyper-pc-vr", pretrained=False).named_parameters()]
+    main = [name for name in names if not name.endswith(".quantiles")]
+    added = [name for name in main if name.startswith(("branch.", "refiner.")) or ".joins." in name]
+    assert added and [len(group["params"]) for group in groups] == [len(main) - len(added), len(added)]
+
+    snapshots = sorted((tmp_path / "run" / "snapshots").iterdir())
+    assert [path.name for path in snapshots] == ["model-0000001.pt", "model-0000002.pt"]
+    assert snapshots[-1].read_bytes() == (tmp_path / "run" / "model.pt").read_bytes()
+    first, last = (create_model("hyper-pc-vr", checkpoint=path) for path in snapshots)
+    changed = [name for name in added if not torch.equal(first.state_dict()[name], last.state_dict()[name])]
+    assert changed, "the second step moved the added parts"
+    with pytest.raises(ValueError, match="branch_learning_rate"):
+        tiny_config(tmp_path / "bad", cache_dir, branch_learning_rate=0.0)
+
+
 DDP_SCRIPT = textwrap.dedent(
     """
     import sys, warnings

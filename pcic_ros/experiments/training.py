@@ -110,6 +110,10 @@ class TrainConfig:
     precision: str = "fp32"
     steps: int = 1_000_000
     learning_rate: float = 1e-4
+    #: Learning rate of what a point-cloud model has and its baseline lacks (branch, joins, Hyper
+    #: Refiner), or None for ``learning_rate``: warm-started from a trained baseline, those parts start
+    #: from nothing while the rest is only fine-tuned, so they may learn faster (docs/training.md).
+    branch_learning_rate: float | None = None
     #: [fraction of the run, factor]: the learning rate is multiplied by factor from that point on.
     learning_rate_drops: list[list[float]] = field(default_factory=list)
     aux_learning_rate: float = 1e-3
@@ -127,6 +131,9 @@ class TrainConfig:
     #: Crop of the validation frames, [height, width] (the paper's 1242 x 256), or None for whole frames.
     validation_crop: list[int] | None = field(default_factory=lambda: list(PAPER_CROP))
     checkpoint_every: int = 1000
+    #: Keep every checkpoint's model.pt as snapshots/model-STEP.pt, so that runs of different speeds
+    #: can be compared at equal steps afterwards (a few MB each).
+    keep_snapshots: bool = False
     output: str = "out/train/run"
 
     def __post_init__(self) -> None:
@@ -139,6 +146,8 @@ class TrainConfig:
         for name in ("crop_size", "batch_size", "steps", "log_every", "validate_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.branch_learning_rate is not None and not self.branch_learning_rate > 0:
+            raise ValueError(f"branch_learning_rate must be positive or null, got {self.branch_learning_rate}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         fractions = [float(until) for until, _ in self.alpha_schedule]
@@ -201,9 +210,17 @@ class StepBatches(Sampler[list[int]]):
 
 def _optimizers(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """CompressAI's split: the entropy bottleneck's quantiles are trained by the auxiliary loss alone."""
-    main = [p for name, p in model.named_parameters() if not name.endswith(".quantiles")]
+    main = [(name, p) for name, p in model.named_parameters() if not name.endswith(".quantiles")]
     aux = [p for name, p in model.named_parameters() if name.endswith(".quantiles")]
-    return torch.optim.Adam(main, lr=config.learning_rate), torch.optim.Adam(aux, lr=config.aux_learning_rate)
+    if config.branch_learning_rate is None:
+        groups = [{"params": [p for _, p in main]}]
+    else:
+        groups = [
+            {"params": [p for name, p in main if not _added_by_point_cloud(name)]},
+            {"params": [p for name, p in main if _added_by_point_cloud(name)], "lr": config.branch_learning_rate},
+        ]
+        groups = [group for group in groups if group["params"]]
+    return torch.optim.Adam(groups, lr=config.learning_rate), torch.optim.Adam(aux, lr=config.aux_learning_rate)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -372,12 +389,13 @@ def _agree(flag: bool, world_size: int, device: torch.device) -> bool:
 _CODER_TABLES = frozenset({"_quantized_cdf", "_offset", "_cdf_length", "scale_table"})
 
 
+def _added_by_point_cloud(name: str) -> bool:
+    """A parameter of the point-cloud branch, of a join into a transform or of the Hyper Refiner."""
+    return name.startswith(("branch.", "refiner.")) or ".joins." in name
+
+
 def _initialised_by_the_model(name: str) -> bool:
-    return (
-        name.startswith(("gain_units.", "branch.", "refiner."))
-        or ".joins." in name
-        or name.rsplit(".", 1)[-1] in _CODER_TABLES
-    )
+    return name.startswith("gain_units.") or _added_by_point_cloud(name) or name.rsplit(".", 1)[-1] in _CODER_TABLES
 
 
 def _load_initial_weights(model: PointCloudCompressionModel, path: Path) -> None:
@@ -532,6 +550,9 @@ def train(
         quality = None if config.variable_rate else config.quality
         metadata = {"model": config.model, "quality": quality, "steps": step}
         export_checkpoint(model, output / "model.pt", metadata=metadata)
+        if config.keep_snapshots:
+            (output / "snapshots").mkdir(exist_ok=True)
+            shutil.copyfile(output / "model.pt", output / "snapshots" / f"model-{step:07d}.pt")
 
     def validate(step: int) -> None:
         nonlocal last_validation
