@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA, bag_calibration
+from conftest import DATA, REPO, bag_calibration
+from PIL import Image
 from rosbags.rosbag2 import Reader
 
 from pcic_ros.bags import CAMERA_INFO_TOPIC, IMAGE_TOPIC, POINTS_TOPIC, TF_STATIC_TOPIC, from_kitti
@@ -118,9 +119,11 @@ def test_from_kitti_uses_the_drive_timestamps_files_when_present(tmp_path):
     assert stamps == [second + 10, second + 11]
 
 
-def compressed_frame_message(data: bytes, stamp_ns: int, scan_stamp_ns: int | None, codec: str, quality: int, shape):
-    """A pcic_ros/msg/CompressedFrame as the encoder node publishes it."""
-    types = bm.bag_typestore().types
+def compressed_frame_message(
+    data: bytes, stamp_ns: int, scan_stamp_ns: int | None, codec: str, quality: float, shape, typestore=None
+):
+    """A pcic_ros/msg/CompressedFrame as the encoder node publishes it (of ``typestore``'s definition)."""
+    types = (typestore or bm.bag_typestore()).types
     header = types["std_msgs/msg/Header"](stamp=bm.stamp(stamp_ns), frame_id=bm.CAMERA_FRAME)
     return types[bm.COMPRESSED_FRAME_TYPE](
         header=header,
@@ -140,12 +143,10 @@ def compressed_frame_message(data: bytes, stamp_ns: int, scan_stamp_ns: int | No
 def compressed_bag(kitti_bag, tmp_path_factory):
     """A bag of CompressedFrame messages for the kitti_bag frames, and what Codec.decode makes of each.
 
-    Frame 0: HYPER. Frame 1: the lean HYPER-PC (hyper-pc-vr, quick at full size), coded against the
-    bag's own scan and calibration. Frame 2: the same whose scan stamp is in no bag. Frame 0 is also
+    Frame 0: HYPER q1. Frame 1: the lean HYPER-PC (hyper-pc-vr, quick at full size) at quality 2.5,
+    coded against the bag's own scan and calibration. Frame 2: the same whose scan stamp is in no bag. Frame 0 is also
     in the bag as the base station publishes it (a decoded Image with the camera's stamp), which must
     not be taken for the original."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     from pcic_ros.codec.api import Codec
 
     messages = read_bag(kitti_bag)
@@ -154,7 +155,7 @@ def compressed_bag(kitti_bag, tmp_path_factory):
     info = next(m for t, _, m in messages if t == CAMERA_INFO_TOPIC)
     tf_message = next(m for t, _, m in messages if t == TF_STATIC_TOPIC)
     calibration = bag_calibration(info, tf_message)
-    hyper, hyper_pc = Codec("hyper", 1, device="cpu"), Codec("hyper-pc-vr", 1, device="cpu")
+    hyper, hyper_pc = Codec("hyper", 1, device="cpu"), Codec("hyper-pc-vr", 2.5, device="cpu")
     frames = []
     for index in range(3):
         image = image_to_rgb(images[index])
@@ -169,25 +170,54 @@ def compressed_bag(kitti_bag, tmp_path_factory):
             expected = hyper_pc.decode(data, scan, calibration) if index == 1 else None
             frames.append((stamp_ns, scan_stamp_ns if index == 1 else 1, "hyper-pc-vr", data, expected, image))
     path = tmp_path_factory.mktemp("bags") / "compressed"
-    typestore = bm.bag_typestore()
+    write_compressed_bag(path, frames, bm.bag_typestore())
+    return path, frames
+
+
+def write_compressed_bag(path, frames, typestore) -> None:
+    """The frames as CompressedFrame messages of ``typestore``'s definition, and frame 0 decoded."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
     writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.open()
     connection = writer.add_connection("/camera/image_rect/pcic", bm.COMPRESSED_FRAME_TYPE, typestore=typestore)
     decoded = writer.add_connection("/pcic/image", bm.IMAGE_TYPE, typestore=typestore)
     for stamp_ns, scan_stamp_ns, codec, data, reconstruction, image in frames:
-        message = compressed_frame_message(data, stamp_ns, scan_stamp_ns, codec, 1, image.shape)
+        quality = 1 if codec == "hyper" else 2.5
+        message = compressed_frame_message(data, stamp_ns, scan_stamp_ns, codec, quality, image.shape, typestore)
         writer.write(connection, stamp_ns, typestore.serialize_cdr(message, bm.COMPRESSED_FRAME_TYPE))
         if codec == "hyper":
             image_message = bm.image_message(reconstruction, stamp_ns)
             writer.write(decoded, stamp_ns + 1, typestore.serialize_cdr(image_message, bm.IMAGE_TYPE))
     writer.close()
-    return path, frames
+
+
+def test_a_bag_recorded_with_the_older_compressed_frame_decodes_as_before(kitti_bag, compressed_bag, tmp_path):
+    """CompressedFrame.quality was uint8 before the variable-rate models: a bag recorded then is read
+    with the definition it carries, and its frames decode to the same pixels."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from pcic_ros.bags import decode
+
+    path, frames = compressed_bag
+    current = (REPO / "msg" / "CompressedFrame.msg").read_text()
+    assert "float32 quality" in current
+    old_typestore = get_typestore(Stores.ROS2_KILTED)
+    old_definition = current.replace("float32 quality", "uint8 quality")
+    old_typestore.register(get_types_from_msg(old_definition, bm.COMPRESSED_FRAME_TYPE))
+    old_frames = [frame for frame in frames if frame[2] == "hyper"]
+    write_compressed_bag(tmp_path / "old", old_frames, old_typestore)
+    with Reader(tmp_path / "old") as reader:
+        recorded = [c.msgdef.data for c in reader.connections if c.msgtype == bm.COMPRESSED_FRAME_TYPE]
+    assert "uint8 quality" in recorded[0]
+    rows = decode(tmp_path / "old", tmp_path / "decoded", scans_bag=kitti_bag, device="cpu", progress=False)
+    assert [row.ok for row in rows] == [True]
+    decoded = np.asarray(Image.open(tmp_path / "decoded" / rows[0].png))
+    np.testing.assert_array_equal(decoded, old_frames[0][4])
 
 
 def test_decode_pairs_scans_from_another_bag_and_reproduces_codec_decode(kitti_bag, compressed_bag, tmp_path):
     import csv
-
-    from PIL import Image
 
     from pcic_ros.bags import decode
     from pcic_ros.experiments.metrics import psnr

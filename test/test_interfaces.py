@@ -33,7 +33,7 @@ COMPRESSED_FRAME_FIELDS = {
     "zeros_fallback": "boolean",
     "codec": "string",
     "format_version": "uint8",
-    "quality": "uint8",
+    "quality": "float",
     "width": "uint32",
     "height": "uint32",
     "data": "sequence<uint8>",
@@ -58,7 +58,7 @@ CODEC_STATISTICS_FIELDS = {
     "decode_ms_mean": "double",
     "decode_ms_max": "double",
     "queue_depth": "uint32",
-    "current_quality": "uint8",
+    "current_quality": "float",
     "empty_scan": "uint64",
     "nan_scan": "uint64",
     "no_points_in_view": "uint64",
@@ -80,7 +80,7 @@ def make_frame() -> CompressedFrame:
         zeros_fallback=True,
         codec="hyper-pc",
         format_version=3,
-        quality=255,
+        quality=2.375,
         width=1920,
         height=1080,
         data=payload,
@@ -99,6 +99,8 @@ def make_statistics() -> CodecStatistics:
             setattr(stats, name, maxima[kind] - index)
         elif kind == "double":
             setattr(stats, name, 1e9 / (index + 3))
+        elif kind == "float":  # a float32's value: exact through the wire
+            setattr(stats, name, 2.5 + index / 64)
     return stats
 
 
@@ -117,7 +119,7 @@ def test_integer_fields_reject_values_outside_their_type_when_checked():
     # rosidl checks field values only on request (check_fields or ROS_PYTHON_CHECK_FIELDS=1);
     # unchecked, an out-of-range integer is silently truncated on the wire.
     with pytest.raises(AssertionError):
-        CompressedFrame(check_fields=True, quality=256)
+        CompressedFrame(check_fields=True, format_version=256)
     with pytest.raises(AssertionError):
         CodecStatistics(check_fields=True, frames_in=-1)
 

@@ -174,38 +174,97 @@ def test_pairing_edge_cases_follow_message_filters_approximate_time_synchronizer
 # --- rate control --------------------------------------------------------------------------------
 
 
+def code_frames(control: RateController, size_at, frames: int = 100, period_s: float = 0.1):
+    """Run rate control over ``frames`` frames; ``size_at(frame, quality)`` is the coded size in bits.
+    Returns [(time, bits, quality, tries)] of the frames sent."""
+    sent = []
+    for frame in range(frames):
+        now = frame * period_s
+        quality, tries = control.choose(now), 0
+        while quality is not None:
+            tries += 1
+            bits = size_at(frame, quality)
+            control.observe(quality, bits)
+            if control.try_send(bits, now):
+                sent.append((now, bits, quality, tries))
+                break
+            quality = control.choose(now, below=quality)
+    return sent
+
+
+def assert_budget_holds(sent, target_bps: float, burst_s: float, duration_s: float) -> None:
+    for start in np.arange(0, duration_s, 0.5):
+        for end in np.arange(start + 0.5, duration_s + 0.01, 0.5):
+            bits = sum(b for t, b, _, _ in sent if start <= t <= end)
+            assert bits <= target_bps * (end - start + burst_s) + 1e-6
+
+
 def test_unlimited_rate_always_uses_best_quality():
-    control = RateController([1, 2, 3, 4], target_bps=0)
-    assert control.candidates(0.0) == [4]
+    control = RateController(1, 4, target_bps=0)
+    assert control.choose(0.0) == 4 and control.choose(0.0, below=4) is None
     assert control.try_send(10**9, 0.0)
 
 
 def test_budget_holds_over_any_interval_and_lower_qualities_are_chosen():
     sizes = {1: 1000, 2: 2000, 3: 4000, 4: 8000}
-    control = RateController(list(sizes), target_bps=20_000, burst_s=0.5)
-    sent, used = [], []
-    for frame in range(100):
-        now = frame * 0.1
-        for quality in control.candidates(now):
-            control.observe(quality, sizes[quality])
-            if control.try_send(sizes[quality], now):
-                sent.append((now, sizes[quality]))
-                used.append(quality)
-                break
+    control = RateController(1, 4, target_bps=20_000, burst_s=0.5)
+    sent = code_frames(control, lambda frame, quality: sizes[quality])
+    used = [quality for _, _, quality, _ in sent]
+    assert all(float(quality).is_integer() for quality in used), "a ladder uses its whole steps"
     # Each frame at 10 Hz may use 2000 bits on average: quality 2, with bursts spent at the start.
     assert used.count(2) > 50 and 4 not in used[10:]
-    for start in np.arange(0, 10, 0.5):
-        for end in np.arange(start + 0.5, 10.01, 0.5):
-            bits = sum(b for t, b in sent if start <= t <= end)
-            assert bits <= 20_000 * (end - start + 0.5) + 1e-6
+    assert 0.45 < control.slope <= 1.0, "a retry measured sizes doubling per step"
+    assert_budget_holds(sent, 20_000, 0.5, 10)
+
+
+def test_a_continuous_knob_settles_on_the_quality_that_spends_the_budget():
+    """A variable-rate model: sizes 0.45 octaves apart per quality (as hyper-vr's), content that
+    changes slowly. Rate control finds the in-between quality that fits and spends most of the budget
+    with about one encode per frame."""
+
+    def size_at(frame: int, quality: float) -> int:
+        return int(3000 * (1 + 0.2 * np.sin(frame / 15)) * 2 ** (0.45 * (quality - 2)))
+
+    control = RateController(0, 5, target_bps=30_000, burst_s=0.5, continuous=True)
+    sent = code_frames(control, size_at)
+    qualities = [quality for _, _, quality, _ in sent]
+    assert len(sent) == 100, "no frame dropped: every frame fits at some quality in range"
+    assert len({q for q in qualities[20:] if not float(q).is_integer()}) > 5, "in-between qualities are used"
+    # The content swings sizes by +-20 %: 0.26 octaves, 0.6 of a quality either side of 2.
+    assert min(qualities[20:]) > 1.3 and max(qualities[20:]) < 2.9
+    assert np.mean([tries for *_, tries in sent[20:]]) < 1.1
+    assert sum(bits for t, bits, _, _ in sent if t >= 2.0) > 0.8 * 30_000 * 8.0
+    assert_budget_holds(sent, 30_000, 0.5, 10)
+
+
+def test_a_continuous_knob_codes_a_frame_at_most_three_times():
+    # Sizes that rate control cannot predict: every other frame is 16 times larger.
+    control = RateController(0, 5, target_bps=20_000, burst_s=1.0, continuous=True)
+    sent = code_frames(control, lambda frame, quality: int((16 if frame % 2 else 1) * 400 * 2 ** (0.45 * quality)))
+    assert max(tries for *_, tries in sent) <= 3
+    assert_budget_holds(sent, 20_000, 1.0, 10)
 
 
 def test_frames_are_dropped_when_even_the_lowest_quality_cannot_fit():
-    control = RateController([1, 2], target_bps=100, burst_s=1.0)
-    control.observe(1, 1000)
+    control = RateController(1, 2, target_bps=100, burst_s=1.0)
+    control.choose(0.0)
     control.observe(2, 2000)
-    assert control.candidates(0.0) == []
+    control.observe(1, 1000)
+    assert control.choose(0.0, below=1) is None
+    assert control.choose(0.0) is None
     assert not control.try_send(1000, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("lowest", "highest", "continuous", "match"),
+    [(3, 2, False, "must not exceed"), (1.5, 4, False, "whole numbers"), (0, 5, False, None)],
+)
+def test_a_quality_range_rate_control_cannot_use_is_refused(lowest, highest, continuous, match):
+    if match is None:
+        assert RateController(lowest, highest, 1000.0, continuous=continuous).highest == 5.0
+    else:
+        with pytest.raises(ValueError, match=match):
+            RateController(lowest, highest, 1000.0, continuous=continuous)
 
 
 # --- TF buffer -----------------------------------------------------------------------------------

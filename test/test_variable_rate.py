@@ -123,6 +123,24 @@ def test_codec_round_trips_any_quality_on_every_layout(layout_frame, warm_starte
     assert np.array_equal(decoder.decode(frame.data, scan, calibration), frame.reconstruction)
 
 
+def test_a_codec_at_another_quality_shares_its_weights_and_codes_as_one_made_for_it(frame, warm_started_file):
+    """Codec.at_quality, which the encoder node's rate control uses per frame: free for a
+    variable-rate model (the same network), the same bytes as a codec built at that quality; a
+    single-rate model loads that quality's weights; a quality the model lacks is refused."""
+    codec = Codec("hyper-vr", 4.5, checkpoint=str(warm_started_file))
+    other = codec.at_quality(2.3)
+    assert other.model is codec.model and codec.quality == 4.5 and other.quality == stored_quality(2.3)
+    built = Codec("hyper-vr", 2.3, checkpoint=str(warm_started_file))
+    assert other.encode(frame, None, None) == built.encode(frame, None, None)
+    with pytest.raises(QualityError, match="outside the range"):
+        codec.at_quality(5.5)
+    single = Codec("hyper", 4)
+    assert single.at_quality(2).model is not single.model
+    assert single.at_quality(2).encode(frame, None, None) == Codec("hyper", 2).encode(frame, None, None)
+    with pytest.raises(QualityError, match="one of"):
+        single.at_quality(2.5)
+
+
 def test_cli_codes_a_real_quality_and_refuses_one_outside_the_range(tmp_path, warm_started_file):
     image, scan, calib = (str(DATA / p) for p in LAYOUT_FRAMES["kitti_raw"])
     args = ["--model", "hyper-vr", "--checkpoint", str(warm_started_file), "--scan", scan, "--calib", calib]

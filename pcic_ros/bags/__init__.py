@@ -502,16 +502,17 @@ def decode(
     station's decoded images carry the camera's stamps too). A frame that cannot be decoded gets a row whose
     ``error`` says why."""
     from pcic_ros.codec.api import Codec
-    from pcic_ros.codec.bitstream import BitstreamError
+    from pcic_ros.codec.bitstream import BitstreamError, read_header
     from pcic_ros.experiments.metrics import psnr
 
     bags = [_existing_bag(bag)] + ([_existing_bag(scans_bag)] if scans_bag is not None else [])
     index = _BagIndex(
-        bags, [bm.COMPRESSED_FRAME_TYPE, bm.POINT_CLOUD_TYPE, bm.IMAGE_TYPE, bm.CAMERA_INFO_TYPE, bm.TF_MESSAGE_TYPE]
+        bags, [bm.POINT_CLOUD_TYPE, bm.IMAGE_TYPE, bm.CAMERA_INFO_TYPE, bm.TF_MESSAGE_TYPE]
     )
     with Reader(Path(bag)) as reader:
+        typestore = bm.reader_typestore(reader.connections)
         compressed = [
-            index.typestore.deserialize_cdr(bytes(data), bm.COMPRESSED_FRAME_TYPE)
+            typestore.deserialize_cdr(bytes(data), bm.COMPRESSED_FRAME_TYPE)
             for _, _, data in reader.messages(
                 connections=[c for c in reader.connections if c.msgtype == bm.COMPRESSED_FRAME_TYPE]
             )
@@ -562,7 +563,8 @@ def decode(
             if isinstance(this_calibration, CalibrationError):
                 raise this_calibration
             if codec is None:
-                codec = Codec(message.codec, int(message.quality), device=device)
+                header = read_header(data)
+                codec = Codec(header.model, header.quality, device=device)
             started = time.perf_counter()
             image = codec.decode(data, scan, this_calibration)
             decode_ms = 1000.0 * (time.perf_counter() - started)

@@ -15,10 +15,12 @@ for the depth fingerprints to match.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
@@ -36,6 +38,7 @@ __all__ = [
     "CAMERA_FRAME",
     "LIDAR_FRAME",
     "bag_typestore",
+    "reader_typestore",
     "stamp",
     "image_message",
     "camera_info_message",
@@ -64,19 +67,41 @@ def _message_definition_dirs() -> list[Path]:
     return [package_share() / "msg", Path(sys.prefix) / "share" / "pcic_ros" / "msg"]
 
 
+_OWN_TYPES = (COMPRESSED_FRAME_TYPE, CODEC_STATISTICS_TYPE)
+
+
+def _own_definition(msgtype: str) -> str:
+    name = msgtype.rsplit("/", 1)[1]
+    for folder in _message_definition_dirs():
+        definition = folder / f"{name}.msg"
+        if definition.is_file():
+            return definition.read_text()
+    raise FileNotFoundError(f"{name}.msg not found in {', '.join(map(str, _message_definition_dirs()))}")
+
+
 @cache
 def bag_typestore() -> Typestore:
     """ROS 2 Kilted's types plus pcic_ros/msg/CompressedFrame and CodecStatistics from msg/*.msg."""
     typestore = get_typestore(Stores.ROS2_KILTED)
-    for msgtype in (COMPRESSED_FRAME_TYPE, CODEC_STATISTICS_TYPE):
-        name = msgtype.rsplit("/", 1)[1]
-        for folder in _message_definition_dirs():
-            definition = folder / f"{name}.msg"
-            if definition.is_file():
-                typestore.register(get_types_from_msg(definition.read_text(), msgtype))
-                break
-        else:
-            raise FileNotFoundError(f"{name}.msg not found in {', '.join(map(str, _message_definition_dirs()))}")
+    for msgtype in _OWN_TYPES:
+        typestore.register(get_types_from_msg(_own_definition(msgtype), msgtype))
+    return typestore
+
+
+def reader_typestore(connections: Iterable[Connection]) -> Typestore:
+    """The typestore to read a bag's messages with: pcic_ros's own messages as the bag recorded them
+    (the definitions its connections carry), so that a recording made with an older CompressedFrame
+    reads with that one; today's msg/ files where the bag holds no definition."""
+    recorded = {
+        c.msgtype: c.msgdef.data
+        for c in connections
+        if c.msgtype in _OWN_TYPES and c.msgdef.format == MessageDefinitionFormat.MSG and c.msgdef.data
+    }
+    if not recorded:
+        return bag_typestore()
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    for msgtype in _OWN_TYPES:
+        typestore.register(get_types_from_msg(recorded.get(msgtype) or _own_definition(msgtype), msgtype))
     return typestore
 
 

@@ -11,6 +11,7 @@ model is registered.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from pcic_ros.codec.bitstream import (
 )
 from pcic_ros.codec.fixed_point import FixedPointError
 from pcic_ros.codec.projection import Calibration, CalibrationError, depth_fingerprint, equalize_depth, project_points
-from pcic_ros.codec.zoo import MODELS, create_model, weights_fingerprint
+from pcic_ros.codec.zoo import MODELS, check_model_quality, create_model, weights_fingerprint
 from pcic_ros.models import PointCloudCompressionModel
 from pcic_ros.models.gain import quality_lambda
 from pcic_ros.models.pointcloud import PointCloudFeatures
@@ -191,6 +192,19 @@ class Codec:
             self._models[key] = (model, weights_fingerprint(model))
         return self._models[key]
 
+    def at_quality(self, quality: float) -> Codec:
+        """This codec at another quality, sharing the weights it has loaded: free for a variable-rate
+        model (one network for every quality); a single-rate model loads that quality's weights once.
+        A ``checkpoint`` given to this codec codes at every quality of a variable-rate model, and
+        only at its own quality of a single-rate one."""
+        check_model_quality(self.model_name, quality)
+        other = copy.copy(self)  # shallow: the copy shares self._models, the loaded weights
+        other.quality = stored_quality(quality)
+        if self._weights_key(self.model_name, other.quality) != self._weights_key(self.model_name, self.quality):
+            other._checkpoint = None
+        other._model(other.model_name, other.quality)
+        return other
+
     def check_effort(self, effort: int) -> int:
         """``effort`` as an int when this codec's encoder can spend it, else ValueError."""
         if isinstance(effort, bool) or not isinstance(effort, (int, np.integer)) or effort < 0:
@@ -198,6 +212,11 @@ class Codec:
         if effort > 0 and not supports_refinement(self.model):
             raise ValueError(f"model '{self.model_name}' cannot refine its latents (effort > 0): the HYPER family can")
         return int(effort)
+
+    @property
+    def variable_rate(self) -> bool:
+        """Whether this codec's model codes at any quality of QUALITY_RANGE with one network."""
+        return MODELS[self.model_name].variable_rate
 
     @property
     def model(self) -> PointCloudCompressionModel:

@@ -19,7 +19,7 @@ import torch
 
 from pcic_ros.codec.bitstream import MAX_STRINGS
 from pcic_ros.models import Elic, Mlic, PointCloudCompressionModel, ScaleHyperprior
-from pcic_ros.models.gain import check_quality
+from pcic_ros.models.gain import QualityError, check_quality
 from pcic_ros.models.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "MODELS",
     "register_model",
     "model_names",
+    "check_model_quality",
     "create_model",
     "checkpoint_path",
     "weights_fingerprint",
@@ -209,6 +210,19 @@ def _first_line(error: Exception) -> str:
     return lines[0]
 
 
+def check_model_quality(name: str, quality: float) -> ModelSpec:
+    """The registered model ``name`` when it codes at ``quality`` (KeyError: no such model;
+    QualityError: a quality it does not have)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model '{name}'; registered: {', '.join(model_names())}")
+    spec = MODELS[name]
+    if spec.variable_rate:
+        check_quality(quality)
+    elif quality not in QUALITY_LAMBDAS:
+        raise QualityError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {quality}")
+    return spec
+
+
 def create_model(
     name: str,
     quality: float = 4,
@@ -225,13 +239,7 @@ def create_model(
         checkpoint: a checkpoint file to load; by default the shipped one when it exists.
         pretrained: when False, or when no checkpoint exists, use the seeded untrained weights.
     """
-    if name not in MODELS:
-        raise KeyError(f"unknown model '{name}'; registered: {', '.join(model_names())}")
-    spec = MODELS[name]
-    if spec.variable_rate:
-        check_quality(quality)
-    elif quality not in QUALITY_LAMBDAS:
-        raise ValueError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {quality}")
+    spec = check_model_quality(name, quality)
     if checkpoint is None and pretrained and checkpoint_path(name, quality).is_file():
         checkpoint = checkpoint_path(name, quality)
     with torch.random.fork_rng(devices=[]):

@@ -77,7 +77,9 @@ class DecoderNode(Node):
         output_qos = qos_from_parameters(self, "output", "reliable", 5, "the decoded image publisher")
 
         self._device = device or default_device()
-        self._codecs: dict[tuple[str, int], Codec] = {}
+        # Made for the first frame; Codec.decode follows each frame's header, and keeps the weights of
+        # every model and quality it has decoded (one network for all of a variable-rate model's).
+        self._codec: Codec | None = None
         self._calibration = CalibrationSource(self, [] if list(fixed) == [0.0] else list(fixed))
         self._problems = ProblemReporter(self, float(log_period))
         self._stats = StatisticsCollector()
@@ -164,12 +166,13 @@ class DecoderNode(Node):
 
     # --- decoding (worker thread) --------------------------------------------------------------------
 
-    def _codec(self, model: str, quality: int) -> Codec:
-        if (model, quality) not in self._codecs:
-            self._codecs[(model, quality)] = Codec(
-                model, quality, device=self._device, max_decode_pixels=self._max_image_pixels
-            )
-        return self._codecs[(model, quality)]
+    def _codec_for(self, model: str, quality: float) -> Codec:
+        if self._codec is None:
+            try:
+                self._codec = Codec(model, quality, device=self._device, max_decode_pixels=self._max_image_pixels)
+            except (KeyError, ValueError) as error:  # a header naming a model or quality this side lacks
+                raise BitstreamError(f"cannot decode model '{model}' q{quality}: {error}") from None
+        return self._codec
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -183,7 +186,7 @@ class DecoderNode(Node):
         started = time.perf_counter()
         try:
             header = read_header(data)
-            rgb = self._codec(header.model, header.quality).decode(data, points, calibration)
+            rgb = self._codec_for(header.model, header.quality).decode(data, points, calibration)
         except ScanMismatchError as error:
             self._stats.frames_failed += 1
             self._problems.report("corrupt_message", f"frame dropped, not decodable with its scan: {error}")
@@ -195,7 +198,7 @@ class DecoderNode(Node):
         self._publisher.publish(rgb_to_image(rgb, frame.header))
         self._stats.frames_out += 1
         self._stats.frames_zeros_fallback += int(header.zeros_fallback)
-        self._stats.current_quality = header.quality
+        self._stats.current_quality = float(header.quality)
         self._stats.record_frame(len(data), header.width * header.height, elapsed_ms)
 
     def _publish_statistics(self) -> None:

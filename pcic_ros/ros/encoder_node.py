@@ -66,8 +66,12 @@ class EncoderNode(Node):
     def __init__(self) -> None:
         super().__init__("pcic_encoder")
         model = declare(self, "model", "hyper-pc", "codec model (pcic_ros.codec.zoo names, e.g. hyper-pc, hyper)")
-        best = declare(self, "quality", 4, "highest quality level to use (1..4)")
-        lowest = declare(self, "min_quality", 1, "lowest quality level rate control may fall back to (1..4)")
+        best = declare(
+            self, "quality", 4.0, "highest quality to use: 1..4 for a single-rate model, 0..5 for a variable-rate one"
+        )
+        lowest = declare(
+            self, "min_quality", 1.0, "lowest quality rate control may fall back to (a whole number for single-rate)"
+        )
         device = declare(self, "device", "", "torch device: cpu, cuda, or empty for cuda when available")
         checkpoint = declare(self, "checkpoint", "", "weights file for model at quality; empty: shipped weights")
         effort = declare(self, "effort", 0, "latent refinement steps per frame (HYPER family); 0: one-pass encoder")
@@ -97,19 +101,24 @@ class EncoderNode(Node):
         input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the camera and LiDAR subscriptions")
         output_qos = qos_from_parameters(self, "output", "best_effort", 5, "the compressed frame publisher")
 
-        qualities = list(range(int(lowest), int(best) + 1))
         device = device or default_device()
-        self._codecs = {q: Codec(model, q, device=device, checkpoint=checkpoint or None) for q in qualities}
+        self._codec = Codec(model, best, device=device, checkpoint=checkpoint or None)
         self._model = model
-        # A bad effort stops the node at start, not every frame.
-        self._effort = next(iter(self._codecs.values())).check_effort(effort)
-        self._rate = RateController(qualities, float(target), float(burst))
+        # A bad effort or quality range stops the node at start, not every frame.
+        self._effort = self._codec.check_effort(effort)
+        continuous = self._codec.variable_rate
+        self._rate = RateController(lowest, best, float(target), float(burst), continuous=continuous)
+        self._codec.at_quality(lowest)
+        if not self._codec.variable_rate:
+            # Every step of the ladder loads its own network: now, not when a frame first needs it.
+            for quality in range(int(lowest), int(best)):
+                self._codec.at_quality(quality)
         self._pairer: ApproximateTimePairer[Image, PointCloud2] = ApproximateTimePairer(
             int(queue_size), int(slop * 1e9)
         )
         self._calibration = CalibrationSource(self, [] if list(fixed) == [0.0] else list(fixed))
         self._problems = ProblemReporter(self, float(log_period))
-        self._stats = StatisticsCollector(target_bits_per_second=float(target), current_quality=qualities[-1])
+        self._stats = StatisticsCollector(target_bits_per_second=float(target), current_quality=float(best))
         self._stats_period = float(stats_period)
         self._lock = threading.Lock()
         # Pairs whose calibration (CameraInfo, TF) is not there yet: callbacks of different topics run in
@@ -127,7 +136,7 @@ class EncoderNode(Node):
         self.create_timer(self._stats_period, self._publish_statistics)
         self._worker = threading.Thread(target=self._work, name="pcic_encoder_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"encoding with {model} q{qualities[0]}..q{qualities[-1]} on {device}")
+        self.get_logger().info(f"encoding with {model} q{lowest:g}..q{best:g} on {device}")
 
     # --- pairing (executor thread) -------------------------------------------------------------------
 
@@ -249,24 +258,27 @@ class EncoderNode(Node):
         # One refinement budget per frame, shared by the qualities rate control tries.
         deadline = time.monotonic() + self._effort_budget_s if self._effort_budget_s > 0 else None
         refine = {"effort": self._effort, "deadline": deadline}
-        for quality in self._rate.candidates(stream_s):
+        quality = self._rate.choose(stream_s)
+        while quality is not None:
+            codec = self._codec.at_quality(quality)
             started = time.perf_counter()
             try:
-                frame = self._codecs[quality].encode_frame(job.rgb, scan, calibration, reconstruct=False, **refine)
+                frame = codec.encode_frame(job.rgb, scan, calibration, reconstruct=False, **refine)
             except ScanError as error:
                 self._problems.report("no_points_in_view", f"sending without the scan: {error}")
                 scan = calibration = None
-                frame = self._codecs[quality].encode_frame(job.rgb, None, None, reconstruct=False, **refine)
+                frame = codec.encode_frame(job.rgb, None, None, reconstruct=False, **refine)
             elapsed_ms = 1000.0 * (time.perf_counter() - started)
             self._rate.observe(quality, 8 * len(frame.data))
             if not self._rate.try_send(8 * len(frame.data), stream_s):
+                quality = self._rate.choose(stream_s, below=quality)
                 continue
             msg = CompressedFrame(
                 header=job.header,
                 zeros_fallback=frame.header.zeros_fallback,
                 codec=self._model,
                 format_version=FORMAT_VERSION,
-                quality=quality,
+                quality=float(codec.quality),
                 width=width,
                 height=height,
                 data=frame.data,
@@ -277,7 +289,7 @@ class EncoderNode(Node):
             self._publisher.publish(msg)
             self._stats.frames_out += 1
             self._stats.frames_zeros_fallback += int(frame.header.zeros_fallback)
-            self._stats.current_quality = quality
+            self._stats.current_quality = float(codec.quality)
             self._stats.record_frame(len(frame.data), width * height, elapsed_ms)
             return
         self._stats.frames_dropped_budget += 1

@@ -159,7 +159,7 @@ class StatisticsCollector:
     frames_zeros_fallback: int = 0
     frames_failed: int = 0
     last_bytes: int = 0
-    current_quality: int = 0
+    current_quality: float = 0.0
     target_bits_per_second: float = 0.0
     _sizes: list[tuple[float, int, int]] = field(default_factory=list)
     _times_ms: list[float] = field(default_factory=list)
@@ -178,8 +178,9 @@ class StatisticsCollector:
         stats = CodecStatistics(node_name=node.get_fully_qualified_name())
         stats.header.stamp = node.get_clock().now().to_msg()
         for name in ("frames_in", "frames_out", "frames_dropped_queue", "frames_dropped_budget",
-                     "frames_zeros_fallback", "frames_failed", "last_bytes", "current_quality"):  # fmt: skip
+                     "frames_zeros_fallback", "frames_failed", "last_bytes"):  # fmt: skip
             setattr(stats, name, int(getattr(self, name)))
+        stats.current_quality = float(self.current_quality)
         stats.target_bits_per_second = float(self.target_bits_per_second)
         if sizes:
             stats.mean_bytes = float(np.mean([s for _, s, _ in sizes]))
