@@ -56,6 +56,37 @@ def test_errors_are_reported_without_a_traceback(tmp_path):
     assert result.returncode == 2 and "--calib" in result.stderr
 
 
+def test_every_error_bad_input_can_cause_is_a_pcic_error_and_keeps_its_builtin_base():
+    """The CLI reports PcicError (and OSError) in one line with exit 2 and lets anything else show its
+    traceback, so every user error the package defines must derive from it; callers that catch the
+    built-in class (ValueError, LookupError, RuntimeError) keep working."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import pcic_ros
+    from pcic_ros.errors import PcicError
+
+    defined = {}
+    for module_info in pkgutil.walk_packages(pcic_ros.__path__, "pcic_ros."):
+        if module_info.name.endswith("__main__"):  # running it is the command itself
+            continue
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == module.__name__:
+                defined[name] = value
+    # Raised inside the decoder when a stream's arithmetic goes out of range; Codec.decode turns it
+    # into a BitstreamError, so it never reaches a user. Private ones (a node's stop signal) neither.
+    internal = {"FixedPointError"}
+    assert {"BitstreamError", "CalibrationError", "DataError", "QualityError", "ScanError"} <= set(defined)
+    for name, error in defined.items():
+        if name not in internal and not name.startswith("_"):
+            assert issubclass(error, PcicError), name
+            assert error is PcicError or any(
+                issubclass(error, builtin) for builtin in (ValueError, LookupError, RuntimeError)
+            ), name
+
+
 def _png(path, pixels: np.ndarray, colour_type: int, depth: int, size: tuple[int, int] | None = None) -> None:
     """A PNG written chunk by chunk, so that its header can lie: ``size`` (width, height) claims that
     size over the given pixels."""

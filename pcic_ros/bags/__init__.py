@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from pcic_ros.bags import messages as bm
 from pcic_ros.codec.projection import Calibration, CalibrationError
+from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.datasets import DataError, discover_frames
 from pcic_ros.ros.messages import CameraInfoError, image_to_rgb, pointcloud2_to_points, stamp_to_ns
 from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError, frame_calibration
@@ -56,7 +57,7 @@ KITTI_FRAME_PERIOD_NS = 100_000_000
 
 def _open_writer(out: Path) -> Writer:
     if out.exists():
-        raise ValueError(f"{out} already exists; give a new bag folder")
+        raise InvalidArgumentError(f"{out} already exists; give a new bag folder")
     writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.open()
     return writer
@@ -225,7 +226,7 @@ def play(
     encoder and the decoder read needs two; one would let playback start before the decoder listens).
     Returns the number of messages published."""
     if rate <= 0:
-        raise ValueError(f"--rate must be positive, got {rate}")
+        raise InvalidArgumentError(f"--rate must be positive, got {rate}")
     wanted = set(topics) if topics else None
     with _RosSession("pcic_bag_play") as ros, Reader(_existing_bag(bag)) as reader:
         logger = ros.node.get_logger()
@@ -244,10 +245,10 @@ def play(
         if absent:
             logger.warning(f"not in the bag: {', '.join(sorted(absent))}")
         if not publishers:
-            raise ValueError(f"{bag}: nothing to play")
+            raise InvalidArgumentError(f"{bag}: nothing to play")
         unknown = set(min_subscribers or {}) - set(publishers)
         if unknown:
-            raise ValueError(f"--subscribers names topics that are not played: {', '.join(sorted(unknown))}")
+            raise InvalidArgumentError(f"--subscribers names topics that are not played: {', '.join(sorted(unknown))}")
         wanted_counts = {topic: (min_subscribers or {}).get(topic, 1) for topic in publishers}
         _wait_for_subscribers(ros, publishers, wanted_counts, wait_for_subscribers)
         connections = [c for c in reader.connections if c.topic in publishers]
@@ -331,7 +332,7 @@ def record(
     import rclpy
 
     if not topics:
-        raise ValueError("give at least one topic to record")
+        raise InvalidArgumentError("give at least one topic to record")
     typestore = bm.bag_typestore()
     writer = _open_writer(Path(out))
     count = 0

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pcic_ros.codec.bitstream import BitstreamError, read_header
+from pcic_ros.codec.bitstream import read_header
 from pcic_ros.codec.projection import Calibration, CalibrationError
-from pcic_ros.experiments.datasets import DataError, load_image, load_scan
+from pcic_ros.errors import InvalidArgumentError, PcicError
+from pcic_ros.experiments.datasets import load_image, load_scan
 
 __all__ = ["main", "build_parser"]
 
@@ -81,11 +82,11 @@ def _output_path(output: str, source: str) -> Path:
     """Where a command may write: not its own input, not a folder, not '-' (no stdout mode)."""
     path = Path(output)
     if output == "-":
-        raise ValueError("-o - (standard output) is not supported: give a file name")
+        raise InvalidArgumentError("-o - (standard output) is not supported: give a file name")
     if path.is_dir():
-        raise ValueError(f"-o {output} is a folder: give a file name")
+        raise InvalidArgumentError(f"-o {output} is a folder: give a file name")
     if path.exists() and Path(source).exists() and path.resolve() == Path(source).resolve():
-        raise ValueError(f"-o {output} is the input file: it would be overwritten")
+        raise InvalidArgumentError(f"-o {output} is the input file: it would be overwritten")
     return path
 
 
@@ -109,7 +110,7 @@ def _decode(args: argparse.Namespace) -> int:
 
     output = _output_path(args.output, args.input)
     if output.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"{output}: give the decoded image a file name with an image extension, e.g. .png")
+        raise InvalidArgumentError(f"{output}: give the decoded image a file name with an image extension, e.g. .png")
     data = Path(args.input).read_bytes()
     header = read_header(data)
     scan, calibration = _frame_inputs(args)
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(_command(argv)).parse_args(argv)
     try:
         return args.func(args)
-    except (BitstreamError, CalibrationError, DataError, ValueError) as error:
+    except PcicError as error:
         print(f"pcic {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a missing file, a folder where a file belongs, a full disk, no permission

@@ -33,6 +33,7 @@ from pcic_ros.codec.bitstream import (
 from pcic_ros.codec.fixed_point import FixedPointError
 from pcic_ros.codec.projection import Calibration, CalibrationError, depth_fingerprint, equalize_depth, project_points
 from pcic_ros.codec.zoo import MODELS, check_model_quality, create_model, weights_fingerprint
+from pcic_ros.errors import InvalidArgumentError, PcicError
 from pcic_ros.models import PointCloudCompressionModel
 from pcic_ros.models.gain import quality_lambda
 from pcic_ros.models.pointcloud import PointCloudFeatures
@@ -41,7 +42,7 @@ from pcic_ros.models.refinement import refine_latents, supports_refinement
 __all__ = ["Codec", "EncodedFrame", "ScanError", "ScanFeatures", "default_device", "depth_input"]
 
 
-class ScanError(ValueError):
+class ScanError(PcicError, ValueError):
     """The scan cannot be used for this frame (wrong shape, or no point lands in the image)."""
 
 
@@ -82,12 +83,14 @@ class ScanFeatures:
 def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be H x W x 3 (RGB), got shape {image.shape}")
+        raise InvalidArgumentError(f"image must be H x W x 3 (RGB), got shape {image.shape}")
     if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
+        raise InvalidArgumentError(f"image must be uint8, got {image.dtype}")
     height, width = image.shape[:2]
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or height * width > MAX_PIXELS:
-        raise ValueError(f"image of {height} x {width} is outside 1..{MAX_SIDE} per side / {MAX_PIXELS} pixels")
+        raise InvalidArgumentError(
+            f"image of {height} x {width} is outside 1..{MAX_SIDE} per side / {MAX_PIXELS} pixels"
+        )
     return image
 
 
@@ -167,7 +170,7 @@ class Codec:
         max_decode_pixels: int = MAX_PIXELS,
     ) -> None:
         if max_decode_pixels < 1:
-            raise ValueError(f"max_decode_pixels must be positive, got {max_decode_pixels}")
+            raise InvalidArgumentError(f"max_decode_pixels must be positive, got {max_decode_pixels}")
         self.device = _check_device(device or default_device())
         self.max_decode_pixels = max_decode_pixels
         self.model_name = model
@@ -208,9 +211,11 @@ class Codec:
     def check_effort(self, effort: int) -> int:
         """``effort`` as an int when this codec's encoder can spend it, else ValueError."""
         if isinstance(effort, bool) or not isinstance(effort, (int, np.integer)) or effort < 0:
-            raise ValueError(f"effort must be a whole number of refinement steps, 0 or more, got {effort!r}")
+            raise InvalidArgumentError(f"effort must be a whole number of refinement steps, 0 or more, got {effort!r}")
         if effort > 0 and not supports_refinement(self.model):
-            raise ValueError(f"model '{self.model_name}' cannot refine its latents (effort > 0): the HYPER family can")
+            raise InvalidArgumentError(
+                f"model '{self.model_name}' cannot refine its latents (effort > 0): the HYPER family can"
+            )
         return int(effort)
 
     @property
@@ -438,11 +443,11 @@ def _check_device(device: str) -> torch.device:
     try:
         checked = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device '{device}' ({error}); use cpu or cuda") from None
+        raise InvalidArgumentError(f"unknown device '{device}' ({error}); use cpu or cuda") from None
     if checked.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' asked for, but this machine has no usable CUDA GPU")
+        raise InvalidArgumentError(f"device '{device}' asked for, but this machine has no usable CUDA GPU")
     if checked.type not in ("cpu", "cuda"):
-        raise ValueError(f"device '{device}' is not supported; use cpu or cuda")
+        raise InvalidArgumentError(f"device '{device}' is not supported; use cpu or cuda")
     return checked
 
 

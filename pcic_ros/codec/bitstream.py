@@ -36,6 +36,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from pcic_ros.errors import PcicError
+
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
@@ -66,7 +68,7 @@ _KNOWN_FLAGS = FLAG_ZEROS_FALLBACK
 _MAX_NAME = 64
 
 
-class BitstreamError(ValueError):
+class BitstreamError(PcicError, ValueError):
     """The data is not a valid pcic container for this decoder: truncated, corrupted, foreign, from an
     unsupported version or model, or coded against another scan, calibration or set of weights."""
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pcic_ros.errors import InvalidArgumentError, PcicError
+
 __all__ = [
     "CalibrationError",
     "Calibration",
@@ -26,7 +28,7 @@ __all__ = [
 DEFAULT_DEPTH_LEVELS = 255
 
 
-class CalibrationError(ValueError):
+class CalibrationError(PcicError, ValueError):
     """A calibration file or matrix is missing, malformed or not invertible as required."""
 
 
@@ -200,7 +202,7 @@ class Calibration:
 def _validate_points(points: np.ndarray) -> np.ndarray:
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] < 3:
-        raise ValueError(f"scan must be an N x 3 or N x 4 array of LiDAR points, got shape {points.shape}")
+        raise InvalidArgumentError(f"scan must be an N x 3 or N x 4 array of LiDAR points, got shape {points.shape}")
     return points[:, :3].astype(np.float64, copy=False)
 
 
@@ -218,7 +220,7 @@ def project_points(points: np.ndarray, calibration: Calibration, height: int, wi
         beyond float32's range or outside the image are dropped.
     """
     if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height} x {width}")
+        raise InvalidArgumentError(f"image size must be positive, got {height} x {width}")
     xyz = _validate_points(points)
     depth_map = np.zeros((height, width), dtype=np.float32)
     if xyz.shape[0] == 0:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from pcic_ros.codec.bitstream import MAX_STRINGS
+from pcic_ros.errors import PcicError
 from pcic_ros.models import Elic, Mlic, PointCloudCompressionModel, ScaleHyperprior
 from pcic_ros.models.gain import QualityError, check_quality
 from pcic_ros.models.pointcloud import ABLATIONS, PointCloudConfig, ablation_config
@@ -179,7 +180,7 @@ def stored_state_dict(state: dict) -> dict[str, torch.Tensor]:
     return restored
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PcicError, ValueError):
     """A checkpoint file is unreadable, or holds weights of another model."""
 
 

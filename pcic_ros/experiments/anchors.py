@@ -24,11 +24,13 @@ from types import ModuleType
 import numpy as np
 from PIL import Image, features
 
+from pcic_ros.errors import PcicError
+
 _IMAGECODECS_HINT = "imagecodecs (pip install imagecodecs==2026.1.14, as pinned in requirements.txt)"
 _PILLOW_HEIF_HINT = "pillow-heif, whose wheel bundles x265 (pip install pillow-heif==1.8.1)"
 
 
-class AnchorUnavailableError(RuntimeError):
+class AnchorUnavailableError(PcicError, RuntimeError):
     """The library an anchor needs is missing or was built without that codec."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pcic_ros.codec.projection import Calibration
+from pcic_ros.errors import PcicError
 
 __all__ = ["Frame", "load_image", "load_scan", "discover_frames", "default_data_dir", "DataError"]
 
@@ -36,7 +37,7 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-class DataError(ValueError):
+class DataError(PcicError, ValueError):
     """A data folder, image or scan is missing or malformed."""
 
 

@@ -3,8 +3,9 @@
 Encodes and decodes a handful of real KITTI frames with HYPER-PC and HYPER (the variable-rate models,
 ``DEMO_MODELS``) through real bitstreams, codes the same frames with JPEG at no fewer bits than
 HYPER-PC (the smallest of its sweep that large), prints bpp / PSNR per frame and writes side-by-side
-images (original | HYPER-PC | HYPER | JPEG) to the output folder, then sweeps both models over the paper's four qualities and JPEG over its range on the
-same frames, writes the RD plot (``rd.png``) and says how long it all took.
+images (original | HYPER-PC | HYPER | JPEG) to the output folder, then sweeps both models over the
+paper's four qualities and JPEG over its range on the same frames, writes the RD plot (``rd.png``)
+and says how long it all took.
 """
 
 from __future__ import annotations

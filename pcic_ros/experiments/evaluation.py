@@ -36,6 +36,7 @@ from tqdm import tqdm
 from pcic_ros.codec.api import Codec
 from pcic_ros.codec.bitstream import stored_quality
 from pcic_ros.codec.zoo import MODELS, QUALITY_LAMBDAS, checkpoint_path
+from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.anchors import ANCHORS, available_anchors, get_anchor
 from pcic_ros.experiments.datasets import DataError, Frame, discover_frames
 from pcic_ros.experiments.metrics import BD_INTERPOLATION, MS_SSIM_MIN_SIDE, bd_psnr, bd_rate, ms_ssim, psnr
@@ -275,7 +276,7 @@ def merge_results(base: dict, *updates: dict) -> dict:
     for update in updates:
         for key in ("frames", "crop"):
             if update["meta"].get(key) != base["meta"].get(key):
-                raise ValueError(f"cannot merge results of other {key}: {update['meta'].get(key)}")
+                raise InvalidArgumentError(f"cannot merge results of other {key}: {update['meta'].get(key)}")
         replaced = {record["codec"] for record in update["records"]}
         merged["records"] = [r for r in merged["records"] if r["codec"] not in replaced] + update["records"]
         merged["meta"]["weights"] = {**merged["meta"].get("weights", {}), **update["meta"].get("weights", {})}
@@ -358,7 +359,7 @@ def update_markdown(path: str | Path, tables: str) -> None:
     text = path.read_text()
     start, end = text.find(TABLE_START), text.find(TABLE_END)
     if start < 0 or end < start:
-        raise ValueError(f"{path} has no '{TABLE_START}' ... '{TABLE_END}' block")
+        raise InvalidArgumentError(f"{path} has no '{TABLE_START}' ... '{TABLE_END}' block")
     path.write_text(text[: start + len(TABLE_START)] + "\n" + tables + text[end:])
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import DracoPy
 import numpy as np
 
+from pcic_ros.errors import PcicError
+
 __all__ = [
     "MIN_QUANTIZATION_BITS",
     "MAX_QUANTIZATION_BITS",
@@ -42,7 +44,7 @@ MAX_QUANTIZATION_BITS = 30
 _COMPRESSION_LEVEL = 10
 
 
-class ScanCompressionError(ValueError):
+class ScanCompressionError(PcicError, ValueError):
     """A scan cannot be Draco-coded (empty, malformed, non-finite), or bytes are not a Draco point cloud."""
 
 

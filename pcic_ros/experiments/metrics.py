@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from pytorch_msssim import ms_ssim as _pytorch_ms_ssim
 
+from pcic_ros.errors import InvalidArgumentError
+
 # Akima rather than the VCEG/JVET sheet's PCHIP: the bjontegaard package's authors found it the
 # more accurate and stable of the two, and unlike the original cubic polynomial fit it cannot swing
 # between widely spaced points.
@@ -82,19 +84,19 @@ def _rd_curve(name: str, rates: Sequence[float], psnrs: Sequence[float]) -> tupl
     rate_array = np.asarray(rates, dtype=np.float64)
     psnr_array = np.asarray(psnrs, dtype=np.float64)
     if rate_array.ndim != 1 or rate_array.shape != psnr_array.shape:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name}: rates and PSNRs must be 1-D and of equal length, got {rate_array.shape} and {psnr_array.shape}"
         )
     if len(rate_array) < MIN_RD_POINTS:
-        raise ValueError(f"{name}: BD metrics need at least {MIN_RD_POINTS} RD points, got {len(rate_array)}")
+        raise InvalidArgumentError(f"{name}: BD metrics need at least {MIN_RD_POINTS} RD points, got {len(rate_array)}")
     if not (np.all(np.isfinite(rate_array)) and np.all(rate_array > 0)):
-        raise ValueError(f"{name}: rates must be finite and positive, got {rate_array.tolist()}")
+        raise InvalidArgumentError(f"{name}: rates must be finite and positive, got {rate_array.tolist()}")
     if not np.all(np.isfinite(psnr_array)):
-        raise ValueError(f"{name}: PSNRs must be finite (drop lossless points), got {psnr_array.tolist()}")
+        raise InvalidArgumentError(f"{name}: PSNRs must be finite (drop lossless points), got {psnr_array.tolist()}")
     order = np.argsort(rate_array)
     rate_array, psnr_array = rate_array[order], psnr_array[order]
     if np.any(np.diff(rate_array) <= 0) or np.any(np.diff(psnr_array) <= 0):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name}: PSNR must rise strictly with rate, and no rate may repeat; got rates "
             f"{rate_array.tolist()} with PSNRs {psnr_array.tolist()}"
         )
@@ -121,7 +123,7 @@ def bd_rate(
     anchor_r, anchor_d = _rd_curve("anchor", anchor_rates, anchor_psnrs)
     test_r, test_d = _rd_curve("test", test_rates, test_psnrs)
     if not _overlap(anchor_d[0], anchor_d[-1], test_d[0], test_d[-1]):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"PSNR ranges do not overlap: anchor {anchor_d[0]:.2f}-{anchor_d[-1]:.2f} dB, "
             f"test {test_d[0]:.2f}-{test_d[-1]:.2f} dB"
         )
@@ -145,7 +147,7 @@ def bd_psnr(
     anchor_r, anchor_d = _rd_curve("anchor", anchor_rates, anchor_psnrs)
     test_r, test_d = _rd_curve("test", test_rates, test_psnrs)
     if not _overlap(anchor_r[0], anchor_r[-1], test_r[0], test_r[-1]):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"rate ranges do not overlap: anchor {anchor_r[0]:.4g}-{anchor_r[-1]:.4g}, "
             f"test {test_r[0]:.4g}-{test_r[-1]:.4g}"
         )

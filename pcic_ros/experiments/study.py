@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from pcic_ros.codec.api import default_device
 from pcic_ros.codec.zoo import MODELS, QUALITY_LAMBDAS
+from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.datasets import DataError, Frame, discover_frames
 from pcic_ros.experiments.evaluation import (
     bd_table,
@@ -154,9 +155,11 @@ def study_variants(study: str, bits: Sequence[int] = DEFAULT_BITS) -> list[Varia
     if study == "lossy-scans":
         wrong = [b for b in bits if not MIN_QUANTIZATION_BITS <= b <= MAX_QUANTIZATION_BITS]
         if wrong:
-            raise ValueError(f"Draco bits must be in {MIN_QUANTIZATION_BITS}..{MAX_QUANTIZATION_BITS}, got {wrong}")
+            raise InvalidArgumentError(
+                f"Draco bits must be in {MIN_QUANTIZATION_BITS}..{MAX_QUANTIZATION_BITS}, got {wrong}"
+            )
         return [Variant("elic-pc"), *(Variant("elic-pc", b) for b in sorted(set(bits), reverse=True)), Variant("elic")]
-    raise ValueError(f"unknown study '{study}'; choose from {', '.join(STUDIES)}")
+    raise InvalidArgumentError(f"unknown study '{study}'; choose from {', '.join(STUDIES)}")
 
 
 def study_references(study: str) -> list[str]:
@@ -230,7 +233,7 @@ def train_variants(
     same settings are kept, runs that stopped early resume: studies that share ``folder`` train each
     model once."""
     if config.lmbda is not None:
-        raise ValueError("a study sets lambda by quality: leave lmbda out of the config (or null)")
+        raise InvalidArgumentError("a study sets lambda by quality: leave lmbda out of the config (or null)")
     folder = Path(folder)
     checkpoints = folder / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -466,7 +469,9 @@ def report_study(study: str, output: str | Path) -> dict:
     output = Path(output)
     results = json.loads((output / "results.json").read_text())
     if results["meta"].get("study") != study:
-        raise ValueError(f"{output / 'results.json'} holds the '{results['meta'].get('study')}' study, not '{study}'")
+        raise InvalidArgumentError(
+            f"{output / 'results.json'} holds the '{results['meta'].get('study')}' study, not '{study}'"
+        )
     results["bd"] = bd_table(results["curves"], study_references(study))
     _write_report(results, output)
     return results

@@ -54,6 +54,7 @@ from pcic_ros.codec.zoo import (
     round_for_storage,
     stored_state_dict,
 )
+from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.datasets import DataError, default_data_dir, discover_frames
 from pcic_ros.experiments.metrics import psnr
 from pcic_ros.experiments.training_data import (
@@ -138,21 +139,27 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
-            raise ValueError(f"unknown model '{self.model}'; registered: {', '.join(sorted(MODELS))}")
+            raise InvalidArgumentError(f"unknown model '{self.model}'; registered: {', '.join(sorted(MODELS))}")
         if self.quality not in QUALITY_LAMBDAS:
-            raise ValueError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {self.quality}")
+            raise InvalidArgumentError(f"quality must be one of {sorted(QUALITY_LAMBDAS)}, got {self.quality}")
         if self.variable_rate and self.lmbda is not None:
-            raise ValueError(f"{self.model} draws lambda per sample over its quality range: lmbda must be null")
+            raise InvalidArgumentError(
+                f"{self.model} draws lambda per sample over its quality range: lmbda must be null"
+            )
         for name in ("crop_size", "batch_size", "steps", "log_every", "validate_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidArgumentError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.branch_learning_rate is not None and not self.branch_learning_rate > 0:
-            raise ValueError(f"branch_learning_rate must be positive or null, got {self.branch_learning_rate}")
+            raise InvalidArgumentError(
+                f"branch_learning_rate must be positive or null, got {self.branch_learning_rate}"
+            )
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         fractions = [float(until) for until, _ in self.alpha_schedule]
         if not fractions or fractions != sorted(fractions) or fractions[-1] < 1.0:
-            raise ValueError("alpha_schedule must be [until_fraction, alpha] pairs in order, the last reaching 1.0")
+            raise InvalidArgumentError(
+                "alpha_schedule must be [until_fraction, alpha] pairs in order, the last reaching 1.0"
+            )
 
     @property
     def variable_rate(self) -> bool:
@@ -169,7 +176,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
+            raise InvalidArgumentError(f"{path}: unknown settings {', '.join(unknown)}")
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
 
@@ -413,10 +420,10 @@ def _load_initial_weights(model: PointCloudCompressionModel, path: Path) -> None
     try:
         missing, unexpected = torch.nn.Module.load_state_dict(model, weights, strict=False)
     except RuntimeError as error:  # a tensor of another shape
-        raise ValueError(f"{path} does not fit {type(model).__name__}: {error}") from None
+        raise InvalidArgumentError(f"{path} does not fit {type(model).__name__}: {error}") from None
     allowed = {name for name in missing if _initialised_by_the_model(name)}
     if unexpected or set(missing) - allowed:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{path} does not fit {type(model).__name__}: missing {sorted(set(missing) - allowed)}, "
             f"unexpected {sorted(unexpected)}"
         )
@@ -460,7 +467,7 @@ def train(
     stop = config.steps if until is None else min(until, config.steps)
     rank, local_rank, world_size = _distributed()
     if config.batch_size % world_size:
-        raise ValueError(f"batch_size {config.batch_size} does not split over {world_size} processes")
+        raise InvalidArgumentError(f"batch_size {config.batch_size} does not split over {world_size} processes")
     device = _device(config, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

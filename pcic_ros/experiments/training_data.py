@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pcic_ros.codec.projection import DEFAULT_DEPTH_LEVELS, Calibration, equalize_depth, project_points
+from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.datasets import DataError, Frame, discover_frames, load_image
 
 __all__ = [
@@ -72,7 +73,7 @@ class Split:
             return self.train + self.validation
         if name in ("train", "validation"):
             return getattr(self, name)
-        raise ValueError(f"unknown split '{name}': choose train, validation or all")
+        raise InvalidArgumentError(f"unknown split '{name}': choose train, validation or all")
 
 
 def split_by_sequence(
@@ -192,7 +193,7 @@ class CropDataset(Dataset):
         if not frames:
             raise DataError("no training frames")
         if crop_size < 1:
-            raise ValueError(f"crop size must be positive, got {crop_size}")
+            raise InvalidArgumentError(f"crop size must be positive, got {crop_size}")
         self.frames = list(frames)
         self.data_root = Path(data_root)
         self.cache_dir = Path(cache_dir)

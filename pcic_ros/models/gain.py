@@ -20,13 +20,15 @@ import math
 import torch
 from torch import Tensor, nn
 
+from pcic_ros.errors import PcicError
+
 __all__ = ["QUALITY_RANGE", "QualityError", "quality_lambda", "check_quality", "GainUnits"]
 
 #: The continuous quality range of a variable-rate model, (lowest, highest).
 QUALITY_RANGE: tuple[float, float] = (0.0, 5.0)
 
 
-class QualityError(ValueError):
+class QualityError(PcicError, ValueError):
     """A quality outside what a model covers."""
 
 

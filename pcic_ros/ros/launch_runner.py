@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcic_ros import package_share
+from pcic_ros.errors import PcicError
 
 __all__ = ["LaunchError", "Process", "NODE_MODULES", "parse_launch", "run", "add_parser"]
 
@@ -30,7 +31,7 @@ __all__ = ["LaunchError", "Process", "NODE_MODULES", "parse_launch", "run", "add
 NODE_MODULES = {"encoder_node": "pcic_ros.ros.encoder_node", "decoder_node": "pcic_ros.ros.decoder_node"}
 
 
-class LaunchError(ValueError):
+class LaunchError(PcicError, ValueError):
     """A launch file uses something this runner does not know, or names something missing."""
 
 

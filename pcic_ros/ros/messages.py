@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pcic_ros.errors import PcicError
+
 __all__ = [
     "ConversionError",
     "ImageEncodingError",
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 
-class ConversionError(ValueError):
+class ConversionError(PcicError, ValueError):
     """A message's content does not describe what its fields claim (sizes, steps, offsets)."""
 
 

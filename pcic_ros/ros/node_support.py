@@ -20,6 +20,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo
 
 from pcic_ros.codec.projection import Calibration
+from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.msg import CodecStatistics
 from pcic_ros.ros.messages import CameraInfoError
 from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError, frame_calibration
@@ -68,7 +69,7 @@ def declare(node: Node, name: str, default: object, description: str) -> object:
     if not floating:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"parameter {name} must be a number, got {value!r}")
+        raise InvalidArgumentError(f"parameter {name} must be a number, got {value!r}")
     return float(value)
 
 
@@ -78,7 +79,7 @@ def qos_from_parameters(node: Node, prefix: str, reliability: str, depth: int, w
     history = declare(node, f"{prefix}_depth", depth, f"QoS history depth of {what}")
     policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
     if chosen not in policies:
-        raise ValueError(f"parameter {prefix}_reliability must be best_effort or reliable, got '{chosen}'")
+        raise InvalidArgumentError(f"parameter {prefix}_reliability must be best_effort or reliable, got '{chosen}'")
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
         depth=int(history),
@@ -98,7 +99,9 @@ class CalibrationSource:
         self._fixed: np.ndarray | None = None
         if fixed_extrinsic:
             if len(fixed_extrinsic) != 16:
-                raise ValueError(f"fixed_extrinsic needs 16 values (row-major 4x4), got {len(fixed_extrinsic)}")
+                raise InvalidArgumentError(
+                    f"fixed_extrinsic needs 16 values (row-major 4x4), got {len(fixed_extrinsic)}"
+                )
             self._fixed = np.asarray(fixed_extrinsic, dtype=np.float64).reshape(4, 4)
         from tf2_msgs.msg import TFMessage
 

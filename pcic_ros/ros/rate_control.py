@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+from pcic_ros.errors import InvalidArgumentError
+
 __all__ = ["RateController"]
 
 #: Weight of the newest measurement in the running estimates: frames of one sequence change slowly.
@@ -53,11 +55,11 @@ class RateController:
         self, lowest: float, highest: float, target_bps: float, burst_s: float = 1.0, continuous: bool = False
     ) -> None:
         if not lowest <= highest:
-            raise ValueError(f"the lowest quality must not exceed the highest, got {lowest} and {highest}")
+            raise InvalidArgumentError(f"the lowest quality must not exceed the highest, got {lowest} and {highest}")
         if not continuous and not (float(lowest).is_integer() and float(highest).is_integer()):
-            raise ValueError(f"a ladder of qualities runs between whole numbers, got {lowest} and {highest}")
+            raise InvalidArgumentError(f"a ladder of qualities runs between whole numbers, got {lowest} and {highest}")
         if target_bps < 0 or burst_s <= 0:
-            raise ValueError(f"target_bps must be >= 0 and burst_s > 0, got {target_bps}, {burst_s}")
+            raise InvalidArgumentError(f"target_bps must be >= 0 and burst_s > 0, got {target_bps}, {burst_s}")
         self.lowest, self.highest, self.continuous = float(lowest), float(highest), continuous
         self.target_bps = float(target_bps)
         self.capacity_bits = self.target_bps * burst_s

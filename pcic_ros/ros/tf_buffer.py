@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pcic_ros.codec.projection import Calibration, CalibrationError, compose_exactly
+from pcic_ros.errors import PcicError
 from pcic_ros.ros.messages import (
     CameraInfoError,
     ConversionError,
@@ -26,7 +27,7 @@ from pcic_ros.ros.messages import (
 __all__ = ["TransformError", "TransformBuffer", "matrix_from_transform", "transform_from_matrix", "frame_calibration"]
 
 
-class TransformError(LookupError):
+class TransformError(PcicError, LookupError):
     """No transform between the frames at the requested time (unknown frame, or not yet received)."""
 
 

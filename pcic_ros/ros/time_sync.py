@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from pcic_ros.errors import InvalidArgumentError
+
 __all__ = ["Pair", "ApproximateTimePairer"]
 
 ImageT = TypeVar("ImageT")
@@ -48,9 +50,9 @@ class ApproximateTimePairer(Generic[ImageT, ScanT]):
 
     def __init__(self, queue_size: int, slop_ns: int) -> None:
         if queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+            raise InvalidArgumentError(f"queue_size must be at least 1, got {queue_size}")
         if slop_ns < 0:
-            raise ValueError(f"slop must not be negative, got {slop_ns} ns")
+            raise InvalidArgumentError(f"slop must not be negative, got {slop_ns} ns")
         self.queue_size = queue_size
         self.slop_ns = slop_ns
         # Keyed by stamp, in insertion order (a replaced stamp keeps its place), as message_filters' dicts.
