@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from bench_anchors import DEFAULT_DATA_DIR, time_ms
 from compressai.models import CompressionModel, Elic2022Official
 from compressai.zoo import bmshj2018_hyperprior
@@ -40,6 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pcic_ros.codec.api import Codec, depth_input
+from pcic_ros.codec.frames import image_tensor, padded_size, tensor_image
 from pcic_ros.codec.projection import Calibration, equalize_depth, project_points
 from pcic_ros.codec.zoo import QUALITY_LAMBDAS, checkpoint_path, model_names
 from pcic_ros.experiments.anchors import ANCHORS, available_anchors
@@ -167,18 +167,6 @@ def peak_memory(device: torch.device, function: Callable[..., object], *args: ob
     return result, (_read_status_kib("VmHWM") - base) * 1024 / MIB
 
 
-def to_tensor(image: np.ndarray, device: torch.device, factor: int) -> torch.Tensor:
-    """H x W x 3 uint8 -> 1 x 3 x H' x W' float on the device, replicate-padded to multiples of factor."""
-    x = torch.tensor(image, device=device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    height, width = image.shape[:2]
-    return F.pad(x, (0, -width % factor, 0, -height % factor), mode="replicate")
-
-
-def to_image(x_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
-    pixels = x_hat[0, :, :height, :width].clamp(0, 1).mul(255.0).round().to(torch.uint8)
-    return pixels.permute(1, 2, 0).cpu().numpy()
-
-
 class ZooCodec:
     """A registered pcic_ros model through ``Codec``: real container bytes, projection on both sides."""
 
@@ -244,12 +232,13 @@ class CompressAIModel:
 
     @torch.inference_mode()
     def encode(self, frame: BenchFrame) -> dict:
-        return self.model.compress(to_tensor(frame.image, self.device, COMPRESSAI_FACTOR))
+        padded = padded_size(COMPRESSAI_FACTOR, *frame.image.shape[:2])
+        return self.model.compress(image_tensor(frame.image, self.device, padded))
 
     @torch.inference_mode()
     def decode(self, coded: dict, frame: BenchFrame) -> np.ndarray:
         x_hat = self.model.decompress(coded["strings"], coded["shape"])["x_hat"]
-        return to_image(x_hat, *frame.image.shape[:2])
+        return tensor_image(x_hat, *frame.image.shape[:2])
 
     @staticmethod
     def byte_count(coded: dict) -> int:

@@ -27,7 +27,7 @@ from pcic_ros.codec.api import Codec
 from pcic_ros.experiments.datasets import discover_frames
 from pcic_ros.experiments.evaluation import pick_evenly
 from pcic_ros.experiments.metrics import psnr
-from pcic_ros.experiments.training_data import PAPER_CROP, crop_box, crop_calibration, split_by_sequence
+from pcic_ros.experiments.protocol import PAPER_CROP, crop_box, crop_calibration, split_by_sequence
 from pcic_ros.models.gain import quality_lambda
 
 

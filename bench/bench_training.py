@@ -26,8 +26,8 @@ import torch
 from pcic_ros.codec.api import Codec
 from pcic_ros.experiments.datasets import default_data_dir, discover_frames
 from pcic_ros.experiments.evaluation import pick_evenly
+from pcic_ros.experiments.protocol import PAPER_CROP, crop_box, crop_calibration, split_by_sequence
 from pcic_ros.experiments.training import TrainConfig, train
-from pcic_ros.experiments.training_data import PAPER_CROP, crop_box, crop_calibration, split_by_sequence
 
 DEFAULT_DATA = default_data_dir()
 MODELS = ("hyper-vr", "hyper-pc-vr")

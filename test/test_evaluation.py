@@ -28,7 +28,7 @@ from pcic_ros.experiments.evaluation import (
     write_results,
 )
 from pcic_ros.experiments.metrics import psnr
-from pcic_ros.experiments.training_data import PAPER_CROP, crop_box, crop_calibration
+from pcic_ros.experiments.protocol import PAPER_CROP, crop_box, crop_calibration
 
 
 @pytest.fixture(scope="module")

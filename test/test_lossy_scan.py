@@ -18,7 +18,7 @@ from pcic_ros.experiments.lossy_scan import (
     quantization_error_bound,
     round_trip_scan,
 )
-from pcic_ros.experiments.training_data import crop_box, crop_calibration
+from pcic_ros.experiments.protocol import crop_box, crop_calibration
 
 BITS = (8, 10, 12, 14)
 

@@ -28,8 +28,9 @@ from pcic_ros.codec.zoo import (
     weights_fingerprint,
 )
 from pcic_ros.experiments.datasets import discover_frames
+from pcic_ros.experiments.protocol import crop_box, crop_calibration
 from pcic_ros.experiments.training import TrainConfig, alpha_at, code_image, export_checkpoint, train
-from pcic_ros.experiments.training_data import CropDataset, crop_box, crop_calibration, prepare_cache
+from pcic_ros.experiments.training_data import CropDataset, prepare_cache
 
 pytestmark = pytest.mark.slow
 

@@ -8,17 +8,8 @@ from conftest import DATA
 
 from pcic_ros.codec.projection import equalize_depth, project_points
 from pcic_ros.experiments.datasets import DataError, discover_frames
-from pcic_ros.experiments.training_data import (
-    PAPER_CROP,
-    ColourJitter,
-    CropDataset,
-    cache_path,
-    crop_box,
-    crop_calibration,
-    load_c_proj,
-    prepare_cache,
-    split_by_sequence,
-)
+from pcic_ros.experiments.protocol import PAPER_CROP, crop_box, crop_calibration, split_by_sequence
+from pcic_ros.experiments.training_data import ColourJitter, CropDataset, cache_path, load_c_proj, prepare_cache
 
 LAYOUT_DIRS = {"kitti_raw": "kitti_raw", "kitti_object": "kitti_object", "kitti360_object": "kitti360_object"}
 #: kitti_raw: one drive of 78 frames, two drives of 10 scans seen by both colour cameras.

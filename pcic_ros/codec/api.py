@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from compressai.entropy_models import EntropyModel
 
 from pcic_ros.codec.bitstream import (
@@ -31,6 +30,7 @@ from pcic_ros.codec.bitstream import (
     unpack,
 )
 from pcic_ros.codec.fixed_point import FixedPointError
+from pcic_ros.codec.frames import depth_tensor, image_tensor, padded_size, tensor_image
 from pcic_ros.codec.projection import Calibration, CalibrationError, depth_fingerprint, equalize_depth, project_points
 from pcic_ros.codec.zoo import MODELS, check_model_quality, create_model, weights_fingerprint
 from pcic_ros.errors import InvalidArgumentError, PcicError
@@ -230,12 +230,6 @@ class Codec:
     def _depth_levels(self, model: PointCloudCompressionModel) -> int:
         return model.point_cloud.depth_levels if model.point_cloud is not None else 255
 
-    def _c_proj(self, equalized: np.ndarray | None, height: int, width: int, padded: tuple[int, int]) -> torch.Tensor:
-        c_proj = torch.zeros((1, 1, *padded), dtype=torch.float32)
-        if equalized is not None:
-            c_proj[0, 0, :height, :width] = torch.from_numpy(equalized).float().div_(255.0)
-        return c_proj.to(self.device)
-
     def _scan_input(
         self,
         model: PointCloudCompressionModel,
@@ -249,8 +243,8 @@ class Codec:
         uses_scan = model.scan_at_encoder or model.scan_at_decoder
         equalized = depth_input(scan, calibration, height, width, self._depth_levels(model)) if uses_scan else None
         fingerprint_map = equalized if equalized is not None else np.zeros((height, width), np.uint8)
-        padded = _padded_size(model, height, width)
-        c_proj = self._c_proj(equalized, height, width, padded) if model.branch is not None else None
+        padded = padded_size(model.downsampling_factor, height, width)
+        c_proj = depth_tensor(equalized, height, width, padded, self.device) if model.branch is not None else None
         return ScanFeatures(
             weights_fp, height, width, depth_fingerprint(fingerprint_map), uses_scan and equalized is None, c_proj
         )
@@ -311,16 +305,14 @@ class Codec:
         effort = self.check_effort(effort)
         model, weights_fp = self._model(self.model_name, self.quality)
         height, width = image.shape[:2]
-        padded = _padded_size(model, height, width)
+        padded = padded_size(model.downsampling_factor, height, width)
         if features is None:
             prepared = self._scan_input(model, weights_fp, scan, calibration, height, width)
         elif scan is not None or calibration is not None:
             raise ValueError("give the scan and calibration or their features, not both")
         else:
             prepared = _check_features(features, weights_fp, height, width)
-        x = torch.tensor(image, device=self.device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        # Replicate padding keeps the padded border cheap to code; it is cropped away after decoding.
-        x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
+        x = image_tensor(image, self.device, padded)
         if effort == 0:
             rate = _rate(self.model_name, self.quality)
             out = model.compress(x, prepared.c_proj, reconstruct=reconstruct, features=prepared.features, **rate)
@@ -338,7 +330,7 @@ class Codec:
             zeros_fallback=prepared.zeros_fallback,
         )
         strings = [s[0] for s in out["strings"]]
-        reconstruction = _to_image(out["x_hat"], height, width) if reconstruct else None
+        reconstruction = tensor_image(out["x_hat"], height, width) if reconstruct else None
         return EncodedFrame(pack(header, strings), header, reconstruction)
 
     def _refined(
@@ -366,7 +358,7 @@ class Codec:
         for latents in ((y, z), refined):
             out = model.compress_latents(*latents, features, reconstruct=True, **rate)
             bits = 8 * sum(len(string[0]) for string in out["strings"])
-            error = _to_image(out["x_hat"], height, width).astype(np.float64) - image
+            error = tensor_image(out["x_hat"], height, width).astype(np.float64) - image
             loss = bits / (height * width) + lmbda * float(np.mean(error**2))
             if loss < best_loss:
                 best_loss, best = loss, out
@@ -426,7 +418,8 @@ class Codec:
                     raise ScanMismatchError(
                         "the decoder's depth map differs from the encoder's (another scan or calibration)"
                     )
-            c_proj = self._c_proj(equalized, header.height, header.width, (header.padded_height, header.padded_width))
+            padded = (header.padded_height, header.padded_width)
+            c_proj = depth_tensor(equalized, header.height, header.width, padded, self.device)
         shape = (header.padded_height // factor, header.padded_width // factor)
         try:
             rate = _rate(header.model, header.quality)
@@ -435,7 +428,7 @@ class Codec:
             # FixedPointError: forged strings decode to latents far larger than any encoder writes, and the
             # fixed-point hyper-synthesis refuses values past exact float64 integers.
             raise BitstreamError(f"entropy decoding failed: {error}") from None
-        return _to_image(out["x_hat"], header.height, header.width)
+        return tensor_image(out["x_hat"], header.height, header.width)
 
 
 def _check_device(device: str) -> torch.device:
@@ -449,11 +442,6 @@ def _check_device(device: str) -> torch.device:
     if checked.type not in ("cpu", "cuda"):
         raise InvalidArgumentError(f"device '{device}' is not supported; use cpu or cuda")
     return checked
-
-
-def _padded_size(model: PointCloudCompressionModel, height: int, width: int) -> tuple[int, int]:
-    factor = model.downsampling_factor
-    return -(-height // factor) * factor, -(-width // factor) * factor
 
 
 def _check_features(features: ScanFeatures, weights_fp: bytes, height: int, width: int) -> ScanFeatures:
@@ -472,7 +460,3 @@ def _rate(name: str, quality: float) -> dict[str, float]:
     return {"quality": quality} if MODELS[name].variable_rate else {}
 
 
-def _to_image(x_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """1 x 3 x H' x W' float in [0, 1] -> cropped H x W x 3 uint8."""
-    pixels = x_hat[0, :, :height, :width].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return pixels.permute(1, 2, 0).contiguous().cpu().numpy()

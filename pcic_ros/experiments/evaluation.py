@@ -40,7 +40,7 @@ from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.anchors import ANCHORS, available_anchors, get_anchor
 from pcic_ros.experiments.datasets import DataError, Frame, discover_frames
 from pcic_ros.experiments.metrics import BD_INTERPOLATION, MS_SSIM_MIN_SIDE, bd_psnr, bd_rate, ms_ssim, psnr
-from pcic_ros.experiments.training_data import (
+from pcic_ros.experiments.protocol import (
     DEFAULT_VALIDATION_SEQUENCES,
     PAPER_CROP,
     crop_box,

@@ -55,8 +55,8 @@ from pcic_ros.experiments.lossy_scan import (
     quantization_error_bound,
     round_trip_scan,
 )
+from pcic_ros.experiments.protocol import PAPER_CROP, split_by_sequence
 from pcic_ros.experiments.training import TrainConfig, train
-from pcic_ros.experiments.training_data import PAPER_CROP, split_by_sequence
 from pcic_ros.models import PointCloudCompressionModel
 from pcic_ros.models.pointcloud import ABLATIONS
 

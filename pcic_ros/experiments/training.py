@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from pcic_ros.codec.frames import depth_tensor, image_tensor, padded_size, tensor_image
 from pcic_ros.codec.projection import equalize_depth, project_points
 from pcic_ros.codec.zoo import (
     MODELS,
@@ -57,17 +58,14 @@ from pcic_ros.codec.zoo import (
 from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.datasets import DataError, default_data_dir, discover_frames
 from pcic_ros.experiments.metrics import psnr
-from pcic_ros.experiments.training_data import (
+from pcic_ros.experiments.protocol import (
     DEFAULT_VALIDATION_SEQUENCES,
     PAPER_CROP,
-    CropDataset,
     crop_box,
     crop_calibration,
-    default_cache_dir,
-    prepare_cache,
-    run_standalone,
     split_by_sequence,
 )
+from pcic_ros.experiments.training_data import CropDataset, default_cache_dir, prepare_cache, run_standalone
 from pcic_ros.models import PointCloudCompressionModel
 from pcic_ros.models.gain import QUALITY_RANGE, quality_lambda
 
@@ -273,21 +271,14 @@ def code_image(
     ``quality`` is for a variable-rate model."""
     device = next(model.parameters()).device
     height, width = image.shape[:2]
-    factor = model.downsampling_factor
-    padded = (-(-height // factor) * factor, -(-width // factor) * factor)
-    x = torch.tensor(image, device=device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height), mode="replicate")
-    c_proj = None
-    if model.branch is not None:
-        c_proj = torch.zeros((1, 1, *padded), device=device)
-        if equalized is not None:
-            c_proj[0, 0, :height, :width] = torch.from_numpy(equalized).to(device).float().div_(255.0)
+    padded = padded_size(model.downsampling_factor, height, width)
+    x = image_tensor(image, device, padded)
+    c_proj = depth_tensor(equalized, height, width, padded, device) if model.branch is not None else None
     rate = {"quality": quality} if quality is not None else {}
     out = model.compress(x, c_proj, **rate)
     x_hat = model.decompress(out["strings"], out["shape"], c_proj, **rate)["x_hat"]
     num_bytes = sum(len(string) for strings in out["strings"] for string in strings)
-    pixels = x_hat[0, :, :height, :width].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return num_bytes, pixels.permute(1, 2, 0).cpu().numpy()
+    return num_bytes, tensor_image(x_hat, height, width)
 
 
 class _Validation:

@@ -1,10 +1,6 @@
-"""Training and evaluation data: splits by sequence, the c_proj cache (``pcic prepare``), aligned crops.
+"""Training data: the c_proj cache (``pcic prepare``) and aligned random crops. Which frames train and
+which validate, and the evaluation crop, are ``pcic_ros.experiments.protocol``'s.
 
-- Splits never cut a sequence: a frame goes to validation when its ``Frame.sequence`` matches one of
-  the validation patterns (shell-style, ``fnmatch``), to training otherwise. The default holds out the
-  KITTI 3D object frames (27 frames from many drives) and trains on the KITTI raw drive and the
-  KITTI-360 sequence; for a full download name the held-out drives instead, e.g.
-  ``2011_09_26_drive_0005_sync``.
 - As in the paper (sec. IV.A), c_proj is projected once and stored as an array: the equalised depth
   map of eq. 3 (uint8, same size as the image) as a compressed ``.npz`` (the map is mostly zeros, so a
   frame takes tens of kilobytes), in a folder that mirrors the data folder.
@@ -13,14 +9,11 @@
 - ``CropDataset`` cuts random 256 x 256 crops of image and c_proj from the same pixels, and the
   randomly colour-transformed image that L_pre (eq. 5) is measured against. Sample ``k`` is a pure
   function of (seed, k), so a resumed or distributed run sees exactly the samples it would have seen.
-- ``crop_box`` and ``crop_calibration`` implement the evaluation crop: the paper evaluates KITTI on
-  1242 x 256, the bottom rows that the LiDAR covers.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,61 +26,20 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from pcic_ros.codec.projection import DEFAULT_DEPTH_LEVELS, Calibration, equalize_depth, project_points
+from pcic_ros.codec.projection import DEFAULT_DEPTH_LEVELS, equalize_depth, project_points
 from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.datasets import DataError, Frame, discover_frames, load_image
+from pcic_ros.experiments.protocol import DEFAULT_VALIDATION_SEQUENCES, split_by_sequence
 
 __all__ = [
-    "DEFAULT_VALIDATION_SEQUENCES",
-    "PAPER_CROP",
-    "Split",
-    "split_by_sequence",
     "default_cache_dir",
     "cache_path",
     "prepare_cache",
     "load_c_proj",
     "ColourJitter",
     "CropDataset",
-    "crop_box",
-    "crop_calibration",
     "add_parser",
 ]
-
-#: Sequences held out for validation by default: the KITTI 3D object frames (``*/kitti_object/*``).
-DEFAULT_VALIDATION_SEQUENCES: tuple[str, ...] = ("*kitti_object/*",)
-
-#: The paper's KITTI evaluation crop, (height, width): 256 rows, 1242 columns.
-PAPER_CROP: tuple[int, int] = (256, 1242)
-
-
-@dataclass(frozen=True)
-class Split:
-    """Frames for training and for validation; no sequence has frames in both."""
-
-    train: list[Frame]
-    validation: list[Frame]
-
-    def part(self, name: str) -> list[Frame]:
-        """'train', 'validation' or 'all'."""
-        if name == "all":
-            return self.train + self.validation
-        if name in ("train", "validation"):
-            return getattr(self, name)
-        raise InvalidArgumentError(f"unknown split '{name}': choose train, validation or all")
-
-
-def split_by_sequence(
-    frames: Sequence[Frame], validation_sequences: Sequence[str] = DEFAULT_VALIDATION_SEQUENCES
-) -> Split:
-    """Send every frame whose sequence matches a validation pattern to validation, the rest to training."""
-
-    def held_out(frame: Frame) -> bool:
-        return any(fnmatch.fnmatchcase(frame.sequence, pattern) for pattern in validation_sequences)
-
-    return Split(
-        train=[frame for frame in frames if not held_out(frame)],
-        validation=[frame for frame in frames if held_out(frame)],
-    )
 
 
 def default_cache_dir(data_root: str | Path) -> Path:
@@ -234,24 +186,6 @@ class CropDataset(Dataset):
         x = torch.from_numpy(np.ascontiguousarray(image[rows, cols])).permute(2, 0, 1).float().div_(255.0)
         c_proj = torch.from_numpy(np.ascontiguousarray(depth[rows, cols])).unsqueeze(0).float().div_(255.0)
         return {"image": x, "c_proj": c_proj, "target": self.jitter(x, rng)}
-
-
-def crop_box(height: int, width: int, crop: tuple[int, int] | None) -> tuple[int, int, int, int]:
-    """(top, left, crop height, crop width) of the evaluation crop: the bottom ``crop[0]`` rows (the ones
-    the LiDAR covers; the sky above has no points) and the middle ``crop[1]`` columns, each clipped to
-    the image. ``None`` keeps the whole image."""
-    if crop is None:
-        return 0, 0, height, width
-    crop_height, crop_width = min(crop[0], height), min(crop[1], width)
-    return height - crop_height, (width - crop_width) // 2, crop_height, crop_width
-
-
-def crop_calibration(calibration: Calibration, top: int, left: int) -> Calibration:
-    """The calibration of the cropped camera: its pixel (u, v) is the original's (u + left, v + top)."""
-    projection = calibration.projection.copy()
-    projection[0] -= left * projection[2]
-    projection[1] -= top * projection[2]
-    return Calibration(projection, calibration.rectification, calibration.lidar_to_camera)
 
 
 def _prepare(args: argparse.Namespace) -> int:
