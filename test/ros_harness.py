@@ -263,13 +263,17 @@ def start_encoder(
 
 
 def start_decoder(
-    env: dict[str, str], log: Path, parameters: dict[str, object], parameter_files: tuple[Path, ...] = ()
+    env: dict[str, str],
+    log: Path,
+    parameters: dict[str, object],
+    parameter_files: tuple[Path, ...] = (),
+    remaps: dict[str, str] | None = None,
 ) -> NodeProcess:
     """A decoder process whose statistics go to 'decoder_statistics' and its images to 'decoded'."""
     return NodeProcess(
         "pcic_ros.ros.decoder_node",
         parameters,
-        {"statistics": "decoder_statistics", "image": "decoded"},
+        {"statistics": "decoder_statistics", "image": "decoded", **(remaps or {})},
         env,
         log,
         parameter_files,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import DATA, REPO, bag_calibration
@@ -11,7 +13,7 @@ from rosbags.rosbag2 import Reader
 from pcic_ros.bags import CAMERA_INFO_TOPIC, IMAGE_TOPIC, POINTS_TOPIC, TF_STATIC_TOPIC, from_kitti
 from pcic_ros.bags import messages as bm
 from pcic_ros.experiments.datasets import discover_frames
-from pcic_ros.ros.messages import image_to_rgb, pointcloud2_to_points, stamp_to_ns
+from pcic_ros.ros.messages import calibration_fields, image_to_rgb, pointcloud2_to_points, stamp_to_ns
 
 DRIVE = DATA / "kitti_raw" / "2011_09_26" / "2011_09_26_drive_sfnd_sync"
 FIRST_FRAME = 10
@@ -120,12 +122,25 @@ def test_from_kitti_uses_the_drive_timestamps_files_when_present(tmp_path):
 
 
 def compressed_frame_message(
-    data: bytes, stamp_ns: int, scan_stamp_ns: int | None, codec: str, quality: float, shape, typestore=None
+    data: bytes,
+    stamp_ns: int,
+    scan_stamp_ns: int | None,
+    codec: str,
+    quality: float,
+    shape,
+    typestore=None,
+    calibration=None,
 ):
-    """A pcic_ros/msg/CompressedFrame as the encoder node publishes it (of ``typestore``'s definition)."""
+    """A pcic_ros/msg/CompressedFrame as the encoder node publishes it (of ``typestore``'s definition),
+    carrying ``calibration`` when given (all zeros, as for a frame coded without a scan, otherwise)."""
     types = (typestore or bm.bag_typestore()).types
     header = types["std_msgs/msg/Header"](stamp=bm.stamp(stamp_ns), frame_id=bm.CAMERA_FRAME)
+    carried = {}
+    if "projection" in types[bm.COMPRESSED_FRAME_TYPE].__dataclass_fields__:
+        projection, camera_from_lidar = calibration_fields(calibration) if calibration else ([0.0] * 12, [0.0] * 16)
+        carried = {"projection": np.array(projection), "camera_from_lidar": np.array(camera_from_lidar)}
     return types[bm.COMPRESSED_FRAME_TYPE](
+        **carried,
         header=header,
         scan_stamp=bm.stamp(scan_stamp_ns or 0),
         scan_frame_id=bm.LIDAR_FRAME if scan_stamp_ns is not None else "",
@@ -171,20 +186,44 @@ def compressed_bag(kitti_bag, tmp_path_factory):
             frames.append((stamp_ns, scan_stamp_ns if index == 1 else 1, "hyper-pc-vr", data, expected, image))
     path = tmp_path_factory.mktemp("bags") / "compressed"
     write_compressed_bag(path, frames, bm.bag_typestore())
-    return path, frames
+    return path, frames, calibration, clouds
 
 
-def write_compressed_bag(path, frames, typestore) -> None:
-    """The frames as CompressedFrame messages of ``typestore``'s definition, and frame 0 decoded."""
+def test_a_frame_that_carries_its_calibration_decodes_without_camera_info_or_tf(compressed_bag, tmp_path):
+    """A bag of the compressed frames and the scans only: each frame's own P and T_camera_lidar
+    project the scan, and HYPER-PC decodes to the same pixels."""
+    from pcic_ros.bags import decode
+
+    _, frames, calibration, clouds = compressed_bag
+    write_compressed_bag(tmp_path / "carried", frames[:2], bm.bag_typestore(), calibration, clouds[:2])
+    with Reader(tmp_path / "carried") as reader:
+        assert {c.msgtype for c in reader.connections} == {bm.COMPRESSED_FRAME_TYPE, bm.IMAGE_TYPE, bm.POINT_CLOUD_TYPE}
+    rows = decode(tmp_path / "carried", tmp_path / "decoded", device="cpu", progress=False)
+    assert [row.ok for row in rows] == [True, True], [row.error for row in rows]
+    assert rows[1].scan == "paired"
+    decoded = np.asarray(Image.open(tmp_path / "decoded" / rows[1].png))
+    np.testing.assert_array_equal(decoded, frames[1][4])
+
+
+def write_compressed_bag(path, frames, typestore, calibration=None, clouds=()) -> None:
+    """The frames as CompressedFrame messages of ``typestore``'s definition (carrying ``calibration``
+    when given), frame 0 decoded, and ``clouds`` (PointCloud2 messages) on the points topic."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.open()
     connection = writer.add_connection("/camera/image_rect/pcic", bm.COMPRESSED_FRAME_TYPE, typestore=typestore)
     decoded = writer.add_connection("/pcic/image", bm.IMAGE_TYPE, typestore=typestore)
+    if clouds:
+        points = writer.add_connection(POINTS_TOPIC, bm.POINT_CLOUD_TYPE, typestore=typestore)
+        for cloud in clouds:
+            stamp_ns = stamp_to_ns(cloud.header.stamp)
+            writer.write(points, stamp_ns, typestore.serialize_cdr(cloud, bm.POINT_CLOUD_TYPE))
     for stamp_ns, scan_stamp_ns, codec, data, reconstruction, image in frames:
         quality = 1 if codec == "hyper" else 2.5
-        message = compressed_frame_message(data, stamp_ns, scan_stamp_ns, codec, quality, image.shape, typestore)
+        message = compressed_frame_message(
+            data, stamp_ns, scan_stamp_ns, codec, quality, image.shape, typestore, calibration
+        )
         writer.write(connection, stamp_ns, typestore.serialize_cdr(message, bm.COMPRESSED_FRAME_TYPE))
         if codec == "hyper":
             image_message = bm.image_message(reconstruction, stamp_ns)
@@ -193,17 +232,20 @@ def write_compressed_bag(path, frames, typestore) -> None:
 
 
 def test_a_bag_recorded_with_the_older_compressed_frame_decodes_as_before(kitti_bag, compressed_bag, tmp_path):
-    """CompressedFrame.quality was uint8 before the variable-rate models: a bag recorded then is read
-    with the definition it carries, and its frames decode to the same pixels."""
+    """CompressedFrame.quality was uint8 and the calibration fields did not exist before the
+    variable-rate models: a bag recorded then is read with the definition it carries, and its frames
+    decode to the same pixels."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     from pcic_ros.bags import decode
 
-    path, frames = compressed_bag
+    path, frames, *_ = compressed_bag
     current = (REPO / "msg" / "CompressedFrame.msg").read_text()
     assert "float32 quality" in current
     old_typestore = get_typestore(Stores.ROS2_KILTED)
     old_definition = current.replace("float32 quality", "uint8 quality")
+    old_definition = re.sub(r"^float64\[\d+\] (projection|camera_from_lidar)\n", "", old_definition, flags=re.M)
+    assert not re.search(r"^float64\[", old_definition, flags=re.M)
     old_typestore.register(get_types_from_msg(old_definition, bm.COMPRESSED_FRAME_TYPE))
     old_frames = [frame for frame in frames if frame[2] == "hyper"]
     write_compressed_bag(tmp_path / "old", old_frames, old_typestore)
@@ -222,7 +264,7 @@ def test_decode_pairs_scans_from_another_bag_and_reproduces_codec_decode(kitti_b
     from pcic_ros.bags import decode
     from pcic_ros.experiments.metrics import psnr
 
-    path, frames = compressed_bag
+    path, frames, *_ = compressed_bag
     rows = decode(path, tmp_path, scans_bag=kitti_bag, device="cpu", progress=False)
     assert [row.stamp_ns for row in rows] == [frame[0] for frame in frames]
     for row, (_, _, _, data, expected, original) in zip(rows[:2], frames, strict=False):
@@ -251,7 +293,7 @@ def test_decode_command_lists_undecodable_frames_and_fails(kitti_bag, compressed
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    path, frames = compressed_bag
+    path, frames, *_ = compressed_bag
     # Without the scans bag, HYPER still decodes (it does not use the scan) but HYPER-PC frames cannot.
     args = parser.parse_args(["bag", "decode", str(path), "--out", str(tmp_path), "--device", "cpu"])
     assert args.func(args) == 1

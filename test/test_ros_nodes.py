@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import DATA, REPO
-from ros_harness import LOSSLESS_PARAMETERS, RosBench, ros_environment, start_encoder, start_pair
+from ros_harness import LOSSLESS_PARAMETERS, RosBench, ros_environment, start_decoder, start_encoder, start_pair
 
 from pcic_ros.codec.api import Codec
 from pcic_ros.codec.projection import Calibration
@@ -45,31 +45,42 @@ def offline_calibration(projection, lidar_to_camera) -> Calibration:
     return Calibration.from_matrices(projection, buffer.lookup("camera", "velodyne", 0))
 
 
-def test_every_frame_arrives_decoded_as_the_offline_codec_gives_it(tmp_path):
-    projection, lidar_to_camera, frames = kitti_frames(3)
+def stream_and_decode(domain_id: int, processes, projection, lidar_to_camera, frames, scan_offset_ns: int = 0):
+    """Publish the static transform, then each frame with its CameraInfo at 10 Hz stamps, until every
+    frame arrives decoded and the decoder's statistics count it; then stop the nodes. Returns the
+    bench (what it received) and the decoded Image messages by stamp."""
     height, width = frames[0][0].shape[:2]
-    env = ros_environment(62, tmp_path / "ros_log")
-    processes = start_pair(env, tmp_path, {"model": "hyper-pc", "quality": 1, "device": "cpu"}, {"device": "cpu"})
-    bench = RosBench(62)
+    bench = RosBench(domain_id)
     try:
         bench.wait_for_subscribers(processes, image=1, scan=2)
         bench.publish_static_transform(lidar_to_camera, "camera", "velodyne")
         for index, (rgb, scan) in enumerate(frames):
             bench.publish_camera_info(projection, width, height, "camera")
-            # LiDAR and camera stamps differ by a few ms, as with real drivers.
-            bench.publish_frame(rgb, scan, START_NS + index * FRAME_PERIOD_NS, scan_offset_ns=3_000_000)
+            bench.publish_frame(rgb, scan, START_NS + index * FRAME_PERIOD_NS, scan_offset_ns=scan_offset_ns)
         delivered = bench.spin_until(lambda: len(bench.decoded) == len(frames), 180, processes)
         assert delivered, [process.output() for process in processes]
-        assert bench.spin_until(
-            lambda: (s := bench.latest_statistics("/pcic_test/pcic_decoder")) is not None and s.frames_out == 3, 10
-        )
+
+        def counted() -> bool:
+            stats = bench.latest_statistics("/pcic_test/pcic_decoder")
+            return stats is not None and stats.frames_out == len(frames)
+
+        assert bench.spin_until(counted, 10)
     finally:
         bench.close()
         for process in processes:
             process.stop()
+    return bench, {stamp_to_ns(image.header.stamp): image for image in bench.decoded}
+
+
+def test_every_frame_arrives_decoded_as_the_offline_codec_gives_it(tmp_path):
+    projection, lidar_to_camera, frames = kitti_frames(3)
+    height, width = frames[0][0].shape[:2]
+    env = ros_environment(62, tmp_path / "ros_log")
+    processes = start_pair(env, tmp_path, {"model": "hyper-pc", "quality": 1, "device": "cpu"}, {"device": "cpu"})
+    # LiDAR and camera stamps differ by a few ms, as with real drivers.
+    bench, by_stamp = stream_and_decode(62, processes, projection, lidar_to_camera, frames, scan_offset_ns=3_000_000)
     calibration = offline_calibration(projection, lidar_to_camera)
     codec = Codec("hyper-pc", 1, device="cpu")
-    by_stamp = {stamp_to_ns(image.header.stamp): image for image in bench.decoded}
     for index, (rgb, scan) in enumerate(frames):
         decoded_msg = by_stamp[START_NS + index * FRAME_PERIOD_NS]
         assert decoded_msg.header.frame_id == "camera" and decoded_msg.encoding == "rgb8"
@@ -89,6 +100,27 @@ def test_every_frame_arrives_decoded_as_the_offline_codec_gives_it(tmp_path):
         np.testing.assert_array_equal(decoded, np.frombuffer(bytes(received.data), np.uint8).reshape(decoded.shape))
     encoder_stats = bench.latest_statistics("/pcic_test/pcic_encoder")
     assert encoder_stats is not None and encoder_stats.frames_in == 3
+
+
+def test_a_base_station_without_tf_or_camera_info_decodes_every_frame(tmp_path):
+    """The decoder's CameraInfo and TF topics lead nowhere: each frame's own calibration projects its
+    scan, and HYPER-PC decodes every frame to what the offline codec gives."""
+    projection, lidar_to_camera, frames = kitti_frames(2)
+    height, width = frames[0][0].shape[:2]
+    env = ros_environment(69, tmp_path / "ros_log")
+    encoder = start_encoder(env, tmp_path / "encoder.log", {**LOSSLESS_PARAMETERS, "model": "hyper-pc", "quality": 1})
+    nowhere = {"camera_info": "no_camera_info", "/tf_static": "/no_tf_static", "/tf": "/no_tf"}
+    decoder = start_decoder(env, tmp_path / "decoder.log", {**LOSSLESS_PARAMETERS, "device": "cpu"}, remaps=nowhere)
+    processes = [encoder, decoder]
+    bench, by_stamp = stream_and_decode(69, processes, projection, lidar_to_camera, frames)
+    calibration = offline_calibration(projection, lidar_to_camera)
+    codec = Codec("hyper-pc", 1, device="cpu")
+    for index, (rgb, scan) in enumerate(frames):
+        decoded = np.frombuffer(bytes(by_stamp[START_NS + index * FRAME_PERIOD_NS].data), np.uint8)
+        np.testing.assert_array_equal(
+            decoded.reshape(height, width, 3), codec.encode_frame(rgb, scan, calibration).reconstruction
+        )
+    assert all(not m.zeros_fallback and any(m.projection) for m in bench.compressed)
 
 
 def test_every_float_parameter_takes_an_integer(tmp_path):

@@ -10,7 +10,9 @@ from pcic_ros.ros.messages import (
     CameraInfoError,
     ConversionError,
     ImageEncodingError,
+    calibration_fields,
     camera_projection,
+    carried_calibration,
     image_to_rgb,
     pointcloud2_to_points,
     stamp_to_ns,
@@ -115,6 +117,28 @@ def test_pointcloud2_without_xyz_is_rejected():
 
 def test_stamps_convert_exactly():
     assert stamp_to_ns(ns_to_stamp(1_317_000_000_123_456_789)) == 1_317_000_000_123_456_789
+
+
+def test_a_compressed_frame_carries_its_calibration_bit_for_bit():
+    from conftest import DATA
+    from pcic_ros.msg import CompressedFrame
+
+    from pcic_ros.codec.projection import Calibration, CalibrationError
+
+    kitti = Calibration.from_kitti_raw(DATA / "kitti_raw" / "2011_09_26")
+    calibration = Calibration.from_matrices(kitti.projection, kitti.rectification @ kitti.lidar_to_camera)
+    frame = CompressedFrame()
+    assert carried_calibration(frame) is None, "all zeros: coded without a scan"
+    frame.projection, frame.camera_from_lidar = calibration_fields(calibration)
+    carried = carried_calibration(frame)
+    for name in ("projection", "rectification", "lidar_to_camera"):
+        assert getattr(carried, name).tobytes() == getattr(calibration, name).tobytes(), name
+    assert carried_calibration(object()) is None, "a message recorded before the fields existed"
+    with pytest.raises(CalibrationError, match="rectification"):
+        calibration_fields(kitti)
+    frame.camera_from_lidar = [1.0] * 16
+    with pytest.raises(CalibrationError, match="last row"):
+        carried_calibration(frame)
 
 
 # --- approximate time pairing --------------------------------------------------------------------

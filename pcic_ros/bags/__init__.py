@@ -29,7 +29,13 @@ from pcic_ros.bags import messages as bm
 from pcic_ros.codec.projection import Calibration, CalibrationError
 from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.experiments.datasets import DataError, discover_frames
-from pcic_ros.ros.messages import CameraInfoError, image_to_rgb, pointcloud2_to_points, stamp_to_ns
+from pcic_ros.ros.messages import (
+    CameraInfoError,
+    carried_calibration,
+    image_to_rgb,
+    pointcloud2_to_points,
+    stamp_to_ns,
+)
 from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError, frame_calibration
 
 __all__ = [
@@ -497,8 +503,9 @@ def decode(
     """Decode every CompressedFrame in ``bag`` into ``out_dir/<sec>.<nanosec>.png`` plus ``frames.csv``.
 
     Each frame is paired with the PointCloud2 whose header stamp (and frame id) is the frame's
-    ``scan_stamp`` (``scan_frame_id``), looked for in ``bag`` and ``scans_bag``. The calibration is
-    ``calibration`` when given, else the bag's CameraInfo and /tf_static. PSNR is computed against the
+    ``scan_stamp`` (``scan_frame_id``), looked for in ``bag`` and ``scans_bag``. The calibration is the
+    one the frame carries (the encoder's exact numbers); for frames of older recordings, which carry
+    none, ``calibration`` when given, else the bag's CameraInfo and /tf_static. PSNR is computed against the
     Image of the same stamp on ``originals_topic`` when the bag(s) hold it (only that topic: a base
     station's decoded images carry the camera's stamps too). A frame that cannot be decoded gets a row whose
     ``error`` says why."""
@@ -544,7 +551,13 @@ def decode(
             if candidates:
                 scan = pointcloud2_to_points(index.typestore.deserialize_cdr(candidates[0], bm.POINT_CLOUD_TYPE))
                 scan_state = "paired"
-                if calibration is not None:
+                try:
+                    carried = carried_calibration(message)
+                except CalibrationError as error:
+                    carried = error
+                if carried is not None:
+                    this_calibration = carried
+                elif calibration is not None:
                     this_calibration = calibration
                 else:
                     transforms = transforms or _bag_transforms(index)

@@ -23,11 +23,17 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from pcic_ros.codec.api import Codec, default_device
 from pcic_ros.codec.bitstream import MAX_PIXELS, BitstreamError, ScanMismatchError, read_header
-from pcic_ros.codec.projection import Calibration
+from pcic_ros.codec.projection import Calibration, CalibrationError
 from pcic_ros.msg import CodecStatistics, CompressedFrame
 from pcic_ros.ros.conversions import rgb_to_image
 from pcic_ros.ros.memory import return_freed_memory
-from pcic_ros.ros.messages import CameraInfoError, ConversionError, pointcloud2_to_points, stamp_to_ns
+from pcic_ros.ros.messages import (
+    CameraInfoError,
+    ConversionError,
+    carried_calibration,
+    pointcloud2_to_points,
+    stamp_to_ns,
+)
 from pcic_ros.ros.node_support import (
     RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,
@@ -137,8 +143,15 @@ class DecoderNode(Node):
                 waiting.reason = "scan_timeout"
                 return False
             try:
+                carried = carried_calibration(frame)
+            except CalibrationError as error:
+                self._problems.report("corrupt_message", f"frame dropped, its calibration is unusable: {error}")
+                return True
+            try:
                 points = pointcloud2_to_points(scan)
-                calibration = self._calibration.calibration(
+                # The frame's own calibration when it carries one (the encoder's exact numbers); a frame
+                # of an older encoder is projected with this side's CameraInfo and TF.
+                calibration = carried or self._calibration.calibration(
                     frame.header.frame_id, frame.scan_frame_id, stamp_to_ns(frame.scan_stamp), frame.width, frame.height
                 )
             except (TransformError, CameraInfoError) as error:

@@ -30,6 +30,7 @@ from pcic_ros.ros.messages import (
     CameraInfoError,
     ConversionError,
     ImageEncodingError,
+    calibration_fields,
     image_to_rgb,
     pointcloud2_to_points,
     stamp_to_ns,
@@ -286,6 +287,7 @@ class EncoderNode(Node):
             if scan is not None:
                 msg.scan_stamp = ns_to_stamp(job.scan_stamp_ns)
                 msg.scan_frame_id = job.scan_frame_id
+                msg.projection, msg.camera_from_lidar = calibration_fields(calibration)
             self._publisher.publish(msg)
             self._stats.frames_out += 1
             self._stats.frames_zeros_fallback += int(frame.header.zeros_fallback)

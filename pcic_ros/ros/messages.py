@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pcic_ros.codec.projection import Calibration, CalibrationError
 from pcic_ros.errors import PcicError
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "quaternion_to_matrix",
     "matrix_to_quaternion",
     "transform_to_matrix",
+    "calibration_fields",
+    "carried_calibration",
 ]
 
 
@@ -181,3 +184,22 @@ def transform_to_matrix(translation: Sequence[float], quaternion: Sequence[float
     matrix[:3, :3] = quaternion_to_matrix(*quaternion)
     matrix[:3, 3] = translation
     return matrix
+
+
+def calibration_fields(calibration: Calibration) -> tuple[list[float], list[float]]:
+    """The values of CompressedFrame's ``projection`` (P, 3x4) and ``camera_from_lidar`` (T, 4x4),
+    row-major float64: what ``Calibration.from_matrices`` takes back, bit for bit."""
+    if not np.array_equal(calibration.rectification, np.eye(4)):
+        raise CalibrationError("a frame carries P and T_camera_lidar: fold the rectification into T first")
+    return calibration.projection.ravel().tolist(), calibration.lidar_to_camera.ravel().tolist()
+
+
+def carried_calibration(frame: object) -> Calibration | None:
+    """The calibration a CompressedFrame was coded with, exactly, or None when it carries none (coded
+    without a scan, or recorded before the message had these fields). CalibrationError when the
+    numbers cannot be a calibration."""
+    projection = np.asarray(getattr(frame, "projection", ()), dtype=np.float64)
+    camera_from_lidar = np.asarray(getattr(frame, "camera_from_lidar", ()), dtype=np.float64)
+    if projection.size == 0 or not projection.any():
+        return None
+    return Calibration.from_matrices(projection.reshape(3, 4), camera_from_lidar.reshape(4, 4))
