@@ -96,7 +96,7 @@ def test_bad_inputs_are_counted_and_never_stop_the_nodes(tmp_path):
         dropout = publish(None)
         assert encoder_count("scan_timeout", 1)
         bench.image_pub.publish(Image(header=Header(stamp=ns_to_stamp(next(stamp)), frame_id="camera"), height=2,
-                                      width=2, encoding="mono16", step=4, data=bytes(8)))  # fmt: skip
+                                      width=2, encoding="32FC1", step=8, data=bytes(16)))  # fmt: skip
         assert encoder_count("bad_encoding", 1)
         before = bench.latest_statistics(ENCODER).camera_info_mismatch
         bench.publish_camera_info(projection, width + 2, height, "camera")
@@ -138,5 +138,5 @@ def test_bad_inputs_are_counted_and_never_stop_the_nodes(tmp_path):
     decoded = {stamp_to_ns(m.header.stamp) for m in bench.decoded}
     assert orphan_stamp not in decoded and {good, dropout, last} <= decoded
     encoder_log = processes[0].output()
-    assert encoder_log.count("[scan_timeout,") == 1 and "mono16" in encoder_log
+    assert encoder_log.count("[scan_timeout,") == 1 and "32FC1" in encoder_log
     assert "3840 x 2160 exceeds max_image_pixels" in processes[1].output()

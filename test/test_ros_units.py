@@ -49,9 +49,82 @@ def test_colour_encodings_with_row_padding_convert_to_rgb(encoding, order, chann
     np.testing.assert_array_equal(image_to_rgb(msg), rgb)
 
 
+def kitti_crop() -> np.ndarray:
+    """A real 64 x 96 colour crop: demosaicing and chroma subsampling are judged on real texture."""
+    from conftest import crop_frame
+
+    return crop_frame("kitti_raw", 64, 96)[0]
+
+
+def image_message(encoding: str, pixels: np.ndarray, big_endian: bool = False) -> Image:
+    rows = np.ascontiguousarray(pixels).reshape(pixels.shape[0], -1)
+    data = rows.astype(">u2" if big_endian else "<u2").tobytes() if rows.dtype == np.uint16 else rows.tobytes()
+    step = len(data) // pixels.shape[0]
+    return Image(
+        height=pixels.shape[0], width=pixels.shape[1], encoding=encoding, step=step, data=data, is_bigendian=big_endian
+    )
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_mono_images_become_grey_rgb_and_16_bits_scale_as_cv_bridge_does(big_endian):
+    grey = RNG.integers(0, 256, (4, 6), dtype=np.uint8)
+    np.testing.assert_array_equal(image_to_rgb(image_message("mono8", grey)), np.repeat(grey[:, :, None], 3, axis=2))
+    deep = np.array([[0, 1, 128, 129, 257, 65535]], dtype=np.uint16)
+    converted = image_to_rgb(image_message("mono16", deep, big_endian))
+    np.testing.assert_array_equal(converted[0, :, 0], [0, 0, 0, 1, 1, 255])
+    assert (converted == converted[:, :, :1]).all()
+
+
+@pytest.mark.parametrize(
+    "encoding,offsets",
+    # Where R, then B, sit in each 2 x 2 cell of the mosaic (row, column); G fills the rest.
+    [
+        ("bayer_rggb8", ((0, 0), (1, 1))),
+        ("bayer_bggr8", ((1, 1), (0, 0))),
+        ("bayer_gbrg8", ((1, 0), (0, 1))),
+        ("bayer_grbg8", ((0, 1), (1, 0))),
+    ],  # fmt: skip
+)
+def test_bayer_mosaics_demosaic_to_the_colours_they_sampled(encoding, offsets):
+    from pcic_ros.experiments.metrics import psnr
+
+    rgb = kitti_crop()
+    mosaic = rgb[:, :, 1].copy()
+    for channel, (row, column) in zip((0, 2), offsets, strict=True):
+        mosaic[row::2, column::2] = rgb[row::2, column::2, channel]
+    converted = image_to_rgb(image_message(encoding, mosaic))
+    # Red and blue swapped would lose about 10 dB on this crop.
+    assert psnr(rgb, converted) > 25.0 and psnr(rgb, converted) > psnr(rgb[:, :, ::-1].copy(), converted) + 3.0
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "yuv422_yuy2"])
+def test_packed_yuv_422_converts_to_the_rgb_it_encodes(encoding):
+    from pcic_ros.experiments.metrics import psnr
+
+    rgb = kitti_crop()
+    # BT.601 in studio range (Y 16-235), what UVC cameras send and OpenCV's UYVY/YUY2 conversions read.
+    r, g, b = (rgb[:, :, channel] / 255.0 for channel in range(3))
+    planes = (
+        16 + 65.481 * r + 128.553 * g + 24.966 * b,
+        128 - 37.797 * r - 74.203 * g + 112.0 * b,
+        128 + 112.0 * r - 93.786 * g - 18.214 * b,
+    )
+    yuv = np.stack([np.rint(plane) for plane in planes], axis=2).astype(np.int32)
+    # 4:2:2: one U and one V for each pair of pixels (their mean), then packed per layout.
+    y, u, v = yuv[:, :, 0], (yuv[:, 0::2, 1] + yuv[:, 1::2, 1] + 1) // 2, (yuv[:, 0::2, 2] + yuv[:, 1::2, 2] + 1) // 2
+    packed = np.empty((rgb.shape[0], rgb.shape[1] // 2, 4), np.uint8)
+    layout = (u, y[:, 0::2], v, y[:, 1::2]) if encoding == "yuv422" else (y[:, 0::2], u, y[:, 1::2], v)
+    for index, plane in enumerate(layout):
+        packed[:, :, index] = plane
+    converted = image_to_rgb(image_message(encoding, packed.reshape(rgb.shape[0], rgb.shape[1], 2)))
+    assert psnr(rgb, converted) > 30.0
+    with pytest.raises(ConversionError, match="odd width"):
+        image_to_rgb(Image(height=1, width=3, encoding=encoding, step=6, data=bytes(6)))
+
+
 def test_unsupported_encoding_and_short_data_are_rejected():
-    with pytest.raises(ImageEncodingError, match="mono16"):
-        image_to_rgb(Image(height=2, width=2, encoding="mono16", step=4, data=bytes(8)))
+    with pytest.raises(ImageEncodingError, match="32FC1"):
+        image_to_rgb(Image(height=2, width=2, encoding="32FC1", step=8, data=bytes(16)))
     with pytest.raises(ConversionError):
         image_to_rgb(Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(11)))
 
@@ -72,7 +145,6 @@ def test_pointcloud2_round_trips_float32_points_exactly():
     np.testing.assert_array_equal(back, points[:, :3].astype(np.float64))
 
 
-
 def test_converted_arrays_do_not_change_with_the_message_they_were_read_from():
     """The conversions read rclpy's message buffers in place; what they return must not alias them."""
     rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -85,6 +157,7 @@ def test_converted_arrays_do_not_change_with_the_message_they_were_read_from():
             msg.data[index] ^= 0xFF
     np.testing.assert_array_equal(converted_rgb, rgb)
     np.testing.assert_array_equal(converted_points, points[:, :3].astype(np.float64))
+
 
 def test_pointcloud2_with_any_layout_padding_and_endianness():
     xyz = RNG.normal(size=(2, 3, 3))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from pcic_ros.codec.projection import Calibration, CalibrationError
@@ -47,12 +48,24 @@ class CameraInfoError(ConversionError):
     """A CameraInfo that cannot project into the image it should describe."""
 
 
-#: Encodings converted to RGB: channel order of the source, then how many channels each pixel has.
-_COLOUR_ENCODINGS: dict[str, tuple[tuple[int, int, int], int]] = {
-    "rgb8": ((0, 1, 2), 3),
-    "bgr8": ((2, 1, 0), 3),
-    "rgba8": ((0, 1, 2), 4),
-    "bgra8": ((2, 1, 0), 4),
+#: The sensor_msgs/Image encodings the encoder takes, as cv_bridge converts them to rgb8: bytes per
+#: pixel, the sample type, and the OpenCV conversion to RGB (None: already RGB). OpenCV names a Bayer
+#: pattern after its second row, so ROS's bayer_rggb8 is OpenCV's BayerBG (as in cv_bridge).
+_IMAGE_ENCODINGS: dict[str, tuple[int, str, int | None]] = {
+    "rgb8": (3, "u1", None),
+    "bgr8": (3, "u1", cv2.COLOR_BGR2RGB),
+    "rgba8": (4, "u1", cv2.COLOR_RGBA2RGB),
+    "bgra8": (4, "u1", cv2.COLOR_BGRA2RGB),
+    "mono8": (1, "u1", cv2.COLOR_GRAY2RGB),
+    "mono16": (2, "u2", cv2.COLOR_GRAY2RGB),
+    "bayer_rggb8": (1, "u1", cv2.COLOR_BayerBG2RGB),
+    "bayer_bggr8": (1, "u1", cv2.COLOR_BayerRG2RGB),
+    "bayer_gbrg8": (1, "u1", cv2.COLOR_BayerGR2RGB),
+    "bayer_grbg8": (1, "u1", cv2.COLOR_BayerGB2RGB),
+    "yuv422": (2, "u1", cv2.COLOR_YUV2RGB_UYVY),
+    "uyvy": (2, "u1", cv2.COLOR_YUV2RGB_UYVY),
+    "yuv422_yuy2": (2, "u1", cv2.COLOR_YUV2RGB_YUY2),
+    "yuyv": (2, "u1", cv2.COLOR_YUV2RGB_YUY2),
 }
 
 #: sensor_msgs/PointField datatype constants (INT8 = 1 ... FLOAT64 = 8) -> numpy scalar kind and size.
@@ -80,18 +93,33 @@ def _rows(data: bytes | array.array | np.ndarray, height: int, row_bytes: int, s
 
 
 def image_to_rgb(msg: object) -> np.ndarray:
-    """An 8-bit colour sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8) as an H x W x 3 uint8 RGB array.
-    Raises ImageEncodingError for other encodings and ConversionError for inconsistent sizes."""
+    """A sensor_msgs/Image as an H x W x 3 uint8 RGB array, converted as cv_bridge converts to rgb8
+    (with OpenCV): colour, mono8 and mono16 (scaled by 255/65535, either byte order), the four 8-bit
+    Bayer patterns (demosaiced), and the packed 4:2:2 YUV layouts (UYVY, YUY2). Raises
+    ImageEncodingError for other encodings and ConversionError for inconsistent sizes."""
     encoding = msg.encoding.lower()
-    if encoding not in _COLOUR_ENCODINGS:
+    if encoding not in _IMAGE_ENCODINGS:
         raise ImageEncodingError(
-            f"image encoding '{msg.encoding}' is not supported; publish one of {', '.join(_COLOUR_ENCODINGS)}"
+            f"image encoding '{msg.encoding}' is not supported; publish one of {', '.join(_IMAGE_ENCODINGS)}"
         )
-    order, channels = _COLOUR_ENCODINGS[encoding]
+    pixel_bytes, sample, conversion = _IMAGE_ENCODINGS[encoding]
     height, width = int(msg.height), int(msg.width)
-    rows = _rows(msg.data, height, width * channels, int(msg.step), "image")
-    pixels = rows.reshape(height, width, channels)
-    return np.ascontiguousarray(pixels[:, :, list(order)])
+    if pixel_bytes == 2 and sample == "u1" and width % 2:
+        raise ConversionError(f"image: a 4:2:2 YUV row holds pixel pairs, got an odd width of {width}")
+    rows = _rows(msg.data, height, width * pixel_bytes, int(msg.step), "image")
+    if sample == "u2":
+        order = ">" if getattr(msg, "is_bigendian", False) else "<"
+        samples = np.ascontiguousarray(rows).view(f"{order}u2").reshape(height, width)
+        # cv_bridge's 16 -> 8 bit conversion: x * 255 / 65535, rounded.
+        pixels = cv2.convertScaleAbs(samples.astype(np.float32), alpha=255.0 / 65535.0)
+    else:
+        pixels = np.ascontiguousarray(rows).reshape(
+            (height, width, pixel_bytes) if pixel_bytes > 1 else (height, width)
+        )
+    if height == 0 or width == 0:
+        return np.zeros((height, width, 3), np.uint8)
+    # A copy either way: rows is a view of the message's buffer, which rclpy may reuse.
+    return pixels.copy() if conversion is None else cv2.cvtColor(pixels, conversion)
 
 
 def camera_projection(info: object, width: int, height: int) -> np.ndarray:
