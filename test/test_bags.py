@@ -189,6 +189,31 @@ def compressed_bag(kitti_bag, tmp_path_factory):
     return path, frames, calibration, clouds
 
 
+def test_decode_writes_a_video_of_original_above_decoded_at_the_stream_rate(kitti_bag, compressed_bag, tmp_path):
+    """One video frame per compressed frame, undecodable ones included (shown as such); the top half is
+    the camera's image and the bottom half the decoded one, as far as mp4v's own loss lets them show."""
+    import cv2
+
+    from pcic_ros.bags import decode
+    from pcic_ros.experiments.metrics import psnr
+
+    path, frames, *_ = compressed_bag
+    rows = decode(path, tmp_path / "out", scans_bag=kitti_bag, device="cpu", progress=False, video=tmp_path / "bag.mp4")
+    capture = cv2.VideoCapture(str(tmp_path / "bag.mp4"))
+    video = []
+    while (frame := capture.read())[0]:
+        video.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0, rel=0.01), "KITTI's 10 Hz stamps"
+    assert len(video) == len(rows) == len(frames) and not rows[2].ok
+    height, width = frames[0][5].shape[:2]
+    assert video[0].shape == (2 * (height + height % 2), width + width % 2, 3)
+    original, decoded = video[1][:height, :width], video[1][height + height % 2 :][:height, :width]
+    # The captions cover the first rows: compare below them.
+    assert psnr(original[60:], frames[1][5][60:]) > 25 and psnr(decoded[60:], frames[1][4][60:]) > 25
+    with pytest.raises(ValueError, match="mp4"):
+        decode(path, tmp_path / "other", scans_bag=kitti_bag, device="cpu", progress=False, video=tmp_path / "x.gif")
+
+
 def test_a_frame_that_carries_its_calibration_decodes_without_camera_info_or_tf(compressed_bag, tmp_path):
     """A bag of the compressed frames and the scans only: each frame's own P and T_camera_lidar
     project the scan, and HYPER-PC decodes to the same pixels."""

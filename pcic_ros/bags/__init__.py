@@ -449,6 +449,8 @@ class _BagIndex:
         for bag in bags:
             with Reader(bag) as reader:
                 connections = [c for c in reader.connections if c.msgtype in self.by_type]
+                if not connections:  # rosbags reads every message when given none
+                    continue
                 for connection, _, data in reader.messages(connections=connections):
                     self.by_type[connection.msgtype].append((connection.topic, bytes(data)))
 
@@ -491,6 +493,65 @@ def _bag_calibration(index: _BagIndex, transforms: TransformBuffer, frame: objec
         raise CalibrationError(f"no usable calibration for camera '{camera_frame}' in the bag(s): {error}") from None
 
 
+class _FrameInputs:
+    """What decoding a CompressedFrame needs besides its bytes, looked up in the bag(s): the scan of
+    its stamp and its calibration (the one it carries, else ``calibration``, else the bags' CameraInfo
+    and /tf_static, each built once per camera and LiDAR frame)."""
+
+    def __init__(self, index: _BagIndex, calibration: Calibration | None) -> None:
+        self.index = index
+        self.calibration = calibration
+        self.scans = index.by_stamp(bm.POINT_CLOUD_TYPE)
+        self._calibrations: dict[tuple, Calibration | CalibrationError] = {}
+        self._transforms: TransformBuffer | None = None
+
+    def _bag_calibration(self, message: object) -> Calibration | CalibrationError:
+        key = (message.header.frame_id, message.scan_frame_id, message.width, message.height)
+        if key not in self._calibrations:
+            self._transforms = self._transforms or _bag_transforms(self.index)
+            try:
+                self._calibrations[key] = _bag_calibration(self.index, self._transforms, message)
+            except CalibrationError as error:
+                self._calibrations[key] = error
+        return self._calibrations[key]
+
+    def of(self, message: object) -> tuple[np.ndarray | None, Calibration | CalibrationError | None, str]:
+        """(scan, calibration or the reason there is none, what became of the scan) of a frame."""
+        if message.zeros_fallback:
+            return None, None, "not used (zeros fallback)"
+        scan_stamp = stamp_to_ns(message.scan_stamp)
+        same_stamp = self.scans.get(scan_stamp, [])
+        # Prefer the scan of the named LiDAR frame; any scan of that stamp serves when none is named.
+        candidates = [raw for frame_id, raw in same_stamp if frame_id == message.scan_frame_id] or [
+            raw for _, raw in same_stamp
+        ]
+        if not candidates:
+            return None, None, f"missing (no PointCloud2 stamped {_format_stamp(scan_stamp)})"
+        scan = pointcloud2_to_points(self.index.typestore.deserialize_cdr(candidates[0], bm.POINT_CLOUD_TYPE))
+        try:
+            carried = carried_calibration(message)
+        except CalibrationError as error:
+            return scan, error, "paired"
+        if carried is not None:
+            return scan, carried, "paired"
+        return scan, self.calibration or self._bag_calibration(message), "paired"
+
+
+def _compressed_frames(bag: Path) -> list[object]:
+    """The bag's CompressedFrame messages, read with the definition the bag recorded."""
+    with Reader(bag) as reader:
+        typestore = bm.reader_typestore(reader.connections)
+        connections = [c for c in reader.connections if c.msgtype == bm.COMPRESSED_FRAME_TYPE]
+        # rosbags reads every message when given no connections.
+        compressed = [
+            typestore.deserialize_cdr(bytes(data), bm.COMPRESSED_FRAME_TYPE)
+            for _, _, data in (reader.messages(connections=connections) if connections else ())
+        ]
+    if not compressed:
+        raise DataError(f"{bag}: no {bm.COMPRESSED_FRAME_TYPE} messages")
+    return compressed
+
+
 def decode(
     bag: str | Path,
     out_dir: str | Path,
@@ -499,103 +560,67 @@ def decode(
     device: str | None = None,
     originals_topic: str = IMAGE_TOPIC,
     progress: bool = True,
+    video: str | Path | None = None,
 ) -> list[DecodedFrame]:
     """Decode every CompressedFrame in ``bag`` into ``out_dir/<sec>.<nanosec>.png`` plus ``frames.csv``.
 
     Each frame is paired with the PointCloud2 whose header stamp (and frame id) is the frame's
     ``scan_stamp`` (``scan_frame_id``), looked for in ``bag`` and ``scans_bag``. The calibration is the
     one the frame carries (the encoder's exact numbers); for frames of older recordings, which carry
-    none, ``calibration`` when given, else the bag's CameraInfo and /tf_static. PSNR is computed against the
-    Image of the same stamp on ``originals_topic`` when the bag(s) hold it (only that topic: a base
-    station's decoded images carry the camera's stamps too). A frame that cannot be decoded gets a row whose
-    ``error`` says why."""
+    none, ``calibration`` when given, else the bag's CameraInfo and /tf_static. PSNR is computed against
+    the Image of the same stamp on ``originals_topic`` when the bag(s) hold it (only that topic: a base
+    station's decoded images carry the camera's stamps too). A frame that cannot be decoded gets a row
+    whose ``error`` says why. ``video`` (.mp4 or .avi) also writes the original above the decoded
+    frame, with stamp, bpp and PSNR drawn on, at the stream's frame rate."""
     from pcic_ros.codec.api import Codec
     from pcic_ros.codec.bitstream import BitstreamError, read_header
     from pcic_ros.experiments.metrics import psnr
 
     bags = [_existing_bag(bag)] + ([_existing_bag(scans_bag)] if scans_bag is not None else [])
-    index = _BagIndex(
-        bags, [bm.POINT_CLOUD_TYPE, bm.IMAGE_TYPE, bm.CAMERA_INFO_TYPE, bm.TF_MESSAGE_TYPE]
-    )
-    with Reader(Path(bag)) as reader:
-        typestore = bm.reader_typestore(reader.connections)
-        compressed = [
-            typestore.deserialize_cdr(bytes(data), bm.COMPRESSED_FRAME_TYPE)
-            for _, _, data in reader.messages(
-                connections=[c for c in reader.connections if c.msgtype == bm.COMPRESSED_FRAME_TYPE]
-            )
-        ]
-    if not compressed:
-        raise DataError(f"{bag}: no {bm.COMPRESSED_FRAME_TYPE} messages")
-    scans = index.by_stamp(bm.POINT_CLOUD_TYPE)
+    compressed = _compressed_frames(bags[0])
+    index = _BagIndex(bags, [bm.POINT_CLOUD_TYPE, bm.IMAGE_TYPE, bm.CAMERA_INFO_TYPE, bm.TF_MESSAGE_TYPE])
+    inputs = _FrameInputs(index, calibration)
     originals = index.by_stamp(bm.IMAGE_TYPE, originals_topic)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    calibrations: dict[tuple, Calibration | CalibrationError] = {}
-    transforms: TransformBuffer | None = None
+    writer = None
+    if video is not None:
+        from pcic_ros.bags.video import SideBySideVideo, frame_rate
+
+        stamps = [stamp_to_ns(message.header.stamp) for message in compressed]
+        size = (int(compressed[0].width), int(compressed[0].height))
+        writer = SideBySideVideo(video, *size, frame_rate(stamps))
     codec: Codec | None = None
     rows = []
-    for message in tqdm(compressed, desc="decode", unit="frame", disable=not progress):
-        stamp_ns = stamp_to_ns(message.header.stamp)
-        data = np.asarray(message.data, dtype=np.uint8).tobytes()
-        scan_stamp = stamp_to_ns(message.scan_stamp)
-        scan = None
-        scan_state = "not used (zeros fallback)"
-        this_calibration = None
-        if not message.zeros_fallback:
-            same_stamp = scans.get(scan_stamp, [])
-            # Prefer the scan of the named LiDAR frame; any scan of that stamp serves when none is named.
-            candidates = [raw for frame_id, raw in same_stamp if frame_id == message.scan_frame_id] or [
-                raw for _, raw in same_stamp
-            ]
-            if candidates:
-                scan = pointcloud2_to_points(index.typestore.deserialize_cdr(candidates[0], bm.POINT_CLOUD_TYPE))
-                scan_state = "paired"
-                try:
-                    carried = carried_calibration(message)
-                except CalibrationError as error:
-                    carried = error
-                if carried is not None:
-                    this_calibration = carried
-                elif calibration is not None:
-                    this_calibration = calibration
-                else:
-                    transforms = transforms or _bag_transforms(index)
-                    key = (message.header.frame_id, message.scan_frame_id, message.width, message.height)
-                    if key not in calibrations:
-                        try:
-                            calibrations[key] = _bag_calibration(index, transforms, message)
-                        except CalibrationError as error:
-                            calibrations[key] = error
-                    this_calibration = calibrations[key]
-            else:
-                scan_state = f"missing (no PointCloud2 stamped {_format_stamp(scan_stamp)})"
-        png = out_dir / f"{_format_stamp(stamp_ns)}.png"
-        error = ""
-        decode_ms = psnr_db = None
-        try:
-            if isinstance(this_calibration, CalibrationError):
-                raise this_calibration
-            if codec is None:
-                header = read_header(data)
-                codec = Codec(header.model, header.quality, device=device)
-            started = time.perf_counter()
-            image = codec.decode(data, scan, this_calibration)
-            decode_ms = 1000.0 * (time.perf_counter() - started)
-        except (BitstreamError, CalibrationError, ValueError) as failure:
-            error = str(failure)
-            if scan_state.startswith("missing"):
-                error = f"its scan is {scan_state}: {error}"
-        if not error:
-            from PIL import Image
-
-            Image.fromarray(image).save(png)
+    try:
+        for message in tqdm(compressed, desc="decode", unit="frame", disable=not progress):
+            stamp_ns = stamp_to_ns(message.header.stamp)
+            data = np.asarray(message.data, dtype=np.uint8).tobytes()
+            scan, this_calibration, scan_state = inputs.of(message)
+            png = out_dir / f"{_format_stamp(stamp_ns)}.png"
+            error = ""
+            image = decode_ms = psnr_db = None
+            try:
+                if isinstance(this_calibration, CalibrationError):
+                    raise this_calibration
+                if codec is None:
+                    header = read_header(data)
+                    codec = Codec(header.model, header.quality, device=device)
+                started = time.perf_counter()
+                image = codec.decode(data, scan, this_calibration)
+                decode_ms = 1000.0 * (time.perf_counter() - started)
+            except (BitstreamError, CalibrationError, ValueError) as failure:
+                error = str(failure)
+                if scan_state.startswith("missing"):
+                    error = f"its scan is {scan_state}: {error}"
             matches = originals.get(stamp_ns, [])
-            if matches:
-                original = image_to_rgb(index.typestore.deserialize_cdr(matches[0][1], bm.IMAGE_TYPE))
-                psnr_db = psnr(original, image) if original.shape == image.shape else None
-        rows.append(
-            DecodedFrame(
+            original = image_to_rgb(index.typestore.deserialize_cdr(matches[0][1], bm.IMAGE_TYPE)) if matches else None
+            if image is not None:
+                from PIL import Image
+
+                Image.fromarray(image).save(png)
+                psnr_db = psnr(original, image) if original is not None and original.shape == image.shape else None
+            row = DecodedFrame(
                 stamp_ns=stamp_ns,
                 bytes=len(data),
                 bpp=8.0 * len(data) / max(1, int(message.width) * int(message.height)),
@@ -606,9 +631,25 @@ def decode(
                 png=png.name if not error else "",
                 error=error,
             )
-        )
+            rows.append(row)
+            if writer is not None:
+                writer.add(original, image, *_captions(row, message, original is not None))
+    finally:
+        if writer is not None:
+            writer.close()
     _write_csv(out_dir / "frames.csv", rows)
     return rows
+
+
+def _captions(row: DecodedFrame, message: object, has_original: bool) -> tuple[str, str]:
+    """What the video draws on the original and on the decoded frame."""
+    stamp = _format_stamp(row.stamp_ns)
+    original = f"original {stamp}" if has_original else f"{stamp}: no original image in the bag"
+    if row.error:
+        return original, f"not decoded: {row.error[:80]}"
+    quality = float(message.quality)
+    psnr_text = f", {row.psnr:.2f} dB PSNR" if row.psnr is not None else ""
+    return original, f"{message.codec} q{quality:g}: {row.bpp:.3f} bpp{psnr_text}"
 
 
 def _write_csv(path: Path, rows: Sequence[DecodedFrame]) -> None:
@@ -678,11 +719,14 @@ def _run_decode(args: argparse.Namespace) -> int:
         calibration=calibration,
         device=args.device,
         originals_topic=args.originals,
+        video=args.video,
     )
     failed = [row for row in rows if not row.ok]
     for row in failed:
         print(f"frame {_format_stamp(row.stamp_ns)} not decoded: {row.error}", file=sys.stderr)
     print(f"{args.out}: {len(rows) - len(failed)} of {len(rows)} frames decoded, frames.csv written")
+    if args.video:
+        print(f"{args.video}: {len(rows)} frames, original above decoded")
     return 1 if failed else 0
 
 
@@ -730,6 +774,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     decoder.add_argument("--scans", help="bag holding the PointCloud2 scans, when not in BAG")
     decoder.add_argument("--calib", help="KITTI calibration instead of the bag's CameraInfo and /tf_static")
     decoder.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    decoder.add_argument(
+        "--video", help="also write a video (.mp4 or .avi): the original above the decoded frame, bpp and PSNR"
+    )
     decoder.add_argument(
         "--originals", default=IMAGE_TOPIC, metavar="TOPIC", help="Image topic to measure PSNR against"
     )
