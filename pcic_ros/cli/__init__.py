@@ -198,7 +198,7 @@ def _add_encode_parser(sub: argparse._SubParsersAction) -> None:
     encode = sub.add_parser("encode", help=CORE_COMMANDS["encode"])
     encode.add_argument("image", help="RGB image (PNG, ...)")
     encode.add_argument("-o", "--output", required=True, help="output .pcic file")
-    encode.add_argument("--model", default="hyper-pc", choices=model_names())
+    encode.add_argument("--model", default="hyper-pc-vr", choices=model_names())
     encode.add_argument(
         "--quality",
         type=float,

@@ -1,6 +1,6 @@
 """The codec API: image + LiDAR scan + calibration <-> pcic container bytes. No ROS needed.
 
-    codec = Codec("hyper-pc", quality=4)
+    codec = Codec("hyper-pc-vr", quality=2.5)
     data = codec.encode(image, scan, calibration)
     image_hat = codec.decode(data, scan, calibration)
 
@@ -163,7 +163,7 @@ class Codec:
 
     def __init__(
         self,
-        model: str = "hyper-pc",
+        model: str = "hyper-pc-vr",
         quality: float = 4,
         device: str | None = None,
         checkpoint: str | None = None,

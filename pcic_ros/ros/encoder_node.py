@@ -66,7 +66,9 @@ class _Job:
 class EncoderNode(Node):
     def __init__(self) -> None:
         super().__init__("pcic_encoder")
-        model = declare(self, "model", "hyper-pc", "codec model (pcic_ros.codec.zoo names, e.g. hyper-pc, hyper)")
+        model = declare(
+            self, "model", "hyper-pc-vr", "codec model (pcic_ros.codec.zoo names, e.g. hyper-pc-vr, hyper-vr)"
+        )
         best = declare(
             self, "quality", 4.0, "highest quality to use: 1..4 for a single-rate model, 0..5 for a variable-rate one"
         )
