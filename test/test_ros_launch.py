@@ -25,6 +25,11 @@ def module_source(executable: str) -> str:
     return Path(importlib.util.find_spec(NODE_MODULES[executable]).origin).read_text()
 
 
+def declared_parameters(executable: str) -> dict[str, object]:
+    """Name -> default of the node's parameter table."""
+    return {spec.name: spec.default for spec in importlib.import_module(NODE_MODULES[executable]).PARAMETERS}
+
+
 def test_launch_files_exist():
     assert {path.name for path in LAUNCH_FILES} == {"vehicle.launch.xml", "base_station.launch.xml", "demo.launch.xml"}
 
@@ -44,9 +49,7 @@ def test_everything_a_launch_file_names_exists(path):
         assert script.is_file() and os.access(script, os.X_OK)
         assert f"nodes/{process.executable}" in cmake
         source = module_source(process.executable)
-        declared = set(re.findall(r'declare\(\s*self,\s*"(\w+)"', source))
-        declared |= {f"{prefix}_{kind}" for prefix in re.findall(r'qos_from_parameters\(self, "(\w+)"', source)
-                     for kind in ("reliability", "depth")}  # fmt: skip
+        declared = set(declared_parameters(process.executable))
         topics = set(re.findall(r'create_(?:subscription|publisher)\(\w+, "(\w+)"', source))
         assert process.param_files
         for param_file in process.param_files:
@@ -58,12 +61,16 @@ def test_everything_a_launch_file_names_exists(path):
         assert {override.split(":=")[0] for override in overrides} <= declared
 
 
-def test_parameter_files_set_every_declared_parameter():
+def test_parameter_files_set_every_declared_parameter_to_a_value_of_its_type_in_its_range():
     for executable, config in (("encoder_node", "encoder.yaml"), ("decoder_node", "decoder.yaml")):
-        source = module_source(executable)
-        declared = set(re.findall(r'declare\(\s*self,\s*"(\w+)"', source))
         parameters = yaml.safe_load((REPO / "config" / config).read_text())["/**"]["ros__parameters"]
-        assert declared <= set(parameters), declared - set(parameters)
+        table = importlib.import_module(NODE_MODULES[executable]).PARAMETERS
+        assert {spec.name for spec in table} == set(parameters), config
+        for spec in table:
+            # A float parameter takes an integer in a YAML file as on the command line.
+            assert spec.check(parameters[spec.name]) == parameters[spec.name], spec.name
+            expected = (float, int) if isinstance(spec.default, float) else type(spec.default)
+            assert isinstance(parameters[spec.name], expected), spec.name
 
 
 def test_missing_required_argument_and_unknown_tags_are_reported(tmp_path):

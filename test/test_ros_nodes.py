@@ -139,10 +139,46 @@ def test_every_float_parameter_takes_an_integer(tmp_path):
         nodes = ("/pcic_test/pcic_encoder", "/pcic_test/pcic_decoder")
         started = bench.spin_until(lambda: all(bench.latest_statistics(node) for node in nodes), 120, processes)
         assert started, [process.output() for process in processes]
+        # What `ros2 param describe` shows: the ranges of the parameter table.
+        described = describe(bench, nodes[0], ["quality", "burst_seconds", "sync_queue_size", "output_reliability"])
+        assert [(r.from_value, r.to_value) for r in described[0].floating_point_range] == [(0.0, 5.0)]
+        assert [r.from_value for r in described[1].floating_point_range] == [0.001]
+        assert [(r.from_value, r.step) for r in described[2].integer_range] == [(1, 0)]
+        assert "best_effort, reliable" in described[3].description
     finally:
         bench.close()
         codes = [process.stop() for process in processes]
     assert codes == [0, 0], [process.output() for process in processes]
+
+
+def describe(bench: RosBench, node: str, names: list[str]) -> list:
+    """The descriptors of a running node's parameters, through its describe_parameters service."""
+    from rcl_interfaces.srv import DescribeParameters
+
+    client = bench.node.create_client(DescribeParameters, f"{node}/describe_parameters")
+    assert client.wait_for_service(timeout_sec=10.0)
+    future = client.call_async(DescribeParameters.Request(names=names))
+    bench.executor.spin_until_future_complete(future, timeout_sec=10.0)
+    return list(future.result().descriptors)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "needles"),
+    # rclpy checks a double's range itself (its words); the rest is ours.
+    [({"burst_seconds": -1.0}, ("burst_seconds", "0.001")),
+     ({"quality": 2.0, "min_quality": 3.0}, ("min_quality (3) exceeds quality (2)",)),
+     ({"output_reliability": "sometimes"}, ("output_reliability must be one of best_effort, reliable",))],  # fmt: skip
+)
+def test_a_parameter_out_of_its_range_stops_the_node_at_start_naming_it(tmp_path, parameters, needles):
+    """One line, exit status 2, no traceback: what a launcher shows the user."""
+    env = ros_environment(70, tmp_path / "ros_log")
+    process = start_encoder(env, tmp_path / "encoder.log", {**LOSSLESS_PARAMETERS, "model": "hyper-vr", **parameters})
+    deadline = time.monotonic() + 120
+    while process.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    code, output = process.stop(), process.output()
+    assert code == 2 and "cannot start" in output and "Traceback" not in output, output
+    assert all(needle in output for needle in needles), output
 
 
 def test_sigint_ends_a_node_busy_coding_a_frame_within_launchs_five_seconds(tmp_path):

@@ -35,16 +35,14 @@ from pcic_ros.ros.messages import (
     stamp_to_ns,
 )
 from pcic_ros.ros.node_support import (
-    RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,
     ProblemReporter,
     StatisticsCollector,
-    declare,
     put_newest,
-    qos_from_parameters,
     spin_node,
     stop_worker,
 )
+from pcic_ros.ros.parameters import RELEASE_MEMORY, ParameterSpec, declare_parameters, qos_parameters, qos_profile
 from pcic_ros.ros.tf_buffer import TransformError
 
 __all__ = ["DecoderNode", "main"]
@@ -57,43 +55,51 @@ class _Waiting:
     reason: str = "scan_timeout"
 
 
+#: The decoder's parameters (config/decoder.yaml sets each).
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("device", "", "torch device: cpu, cuda, or empty for cuda when available"),
+    ParameterSpec("scan_timeout", 2.0, "seconds a frame waits for its scan (and calibration) before it is dropped", 0),
+    ParameterSpec("scan_cache_size", 50, "scans kept for frames that arrive later", 1),
+    ParameterSpec("fixed_extrinsic", [0.0], "row-major 4x4 T_camera_lidar instead of TF; [0.0] means use TF"),
+    ParameterSpec("work_queue_size", 4, "frames waiting for the decoder; more drop the oldest", 1),
+    ParameterSpec(
+        "max_image_pixels",
+        MAX_PIXELS,
+        "frames whose header asks for more pixels are dropped undecoded (decoding costs what the header "
+        "asks for); set to the cameras' size",
+        1,
+    ),
+    ParameterSpec("statistics_period", 1.0, "seconds between CodecStatistics messages", 0.01),
+    RELEASE_MEMORY,
+    ParameterSpec("problem_log_period", 10.0, "seconds between log lines about one input problem", 0),
+    *qos_parameters("input", "best_effort", 5, "the compressed frame and scan subscriptions"),
+    *qos_parameters("output", "reliable", 5, "the decoded image publisher"),
+)
+
+
 class DecoderNode(Node):
     def __init__(self) -> None:
         super().__init__("pcic_decoder")
-        device = declare(self, "device", "", "torch device: cpu, cuda, or empty for cuda when available")
-        self._scan_timeout_s = declare(
-            self, "scan_timeout", 2.0, "seconds a frame waits for its scan (and calibration) before it is dropped"
-        )
-        self._scan_cache_size = declare(self, "scan_cache_size", 50, "scans kept for frames that arrive later")
-        fixed = declare(
-            self, "fixed_extrinsic", [0.0], "row-major 4x4 T_camera_lidar instead of TF; [0.0] means use TF"
-        )
-        work_queue = declare(self, "work_queue_size", 4, "frames waiting for the decoder; more drop the oldest")
-        self._max_image_pixels = declare(
-            self,
-            "max_image_pixels",
-            MAX_PIXELS,
-            "frames whose header asks for more pixels are dropped undecoded (decoding costs what the header "
-            "asks for); set to the cameras' size",
-        )
-        stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
-        self._release_memory = declare(self, "release_memory", True, RELEASE_MEMORY_DESCRIPTION)
-        log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
-        input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the compressed frame and scan subscriptions")
-        output_qos = qos_from_parameters(self, "output", "reliable", 5, "the decoded image publisher")
+        p = declare_parameters(self, PARAMETERS, "DecoderParameters")
+        self._scan_timeout_s = p.scan_timeout
+        self._scan_cache_size = p.scan_cache_size
+        self._max_image_pixels = p.max_image_pixels
+        self._release_memory = p.release_memory
+        input_qos = qos_profile(p.input_reliability, p.input_depth)
+        output_qos = qos_profile(p.output_reliability, p.output_depth)
 
-        self._device = device or default_device()
+        self._device = p.device or default_device()
         # Made for the first frame; Codec.decode follows each frame's header, and keeps the weights of
         # every model and quality it has decoded (one network for all of a variable-rate model's).
         self._codec: Codec | None = None
-        self._calibration = CalibrationSource(self, [] if list(fixed) == [0.0] else list(fixed))
-        self._problems = ProblemReporter(self, float(log_period))
+        self._calibration = CalibrationSource(self, [] if list(p.fixed_extrinsic) == [0.0] else list(p.fixed_extrinsic))
+        self._problems = ProblemReporter(self, p.problem_log_period)
         self._stats = StatisticsCollector()
-        self._stats_period = float(stats_period)
+        self._stats_period = p.statistics_period
         self._scans: OrderedDict[tuple[int, str], PointCloud2] = OrderedDict()
         self._waiting: list[_Waiting] = []
         self._jobs: queue.Queue[tuple[CompressedFrame, np.ndarray | None, Calibration | None] | None] = queue.Queue(
-            maxsize=int(work_queue)
+            maxsize=p.work_queue_size
         )
 
         self._publisher = self.create_publisher(Image, "image", output_qos)

@@ -23,6 +23,7 @@ from std_msgs.msg import Header
 from pcic_ros.codec.api import Codec, ScanError, default_device
 from pcic_ros.codec.bitstream import FORMAT_VERSION
 from pcic_ros.codec.projection import Calibration
+from pcic_ros.errors import InvalidArgumentError
 from pcic_ros.msg import CodecStatistics, CompressedFrame
 from pcic_ros.ros.conversions import ns_to_stamp
 from pcic_ros.ros.memory import return_freed_memory
@@ -36,16 +37,14 @@ from pcic_ros.ros.messages import (
     stamp_to_ns,
 )
 from pcic_ros.ros.node_support import (
-    RELEASE_MEMORY_DESCRIPTION,
     CalibrationSource,
     ProblemReporter,
     StatisticsCollector,
-    declare,
     put_newest,
-    qos_from_parameters,
     spin_node,
     stop_worker,
 )
+from pcic_ros.ros.parameters import RELEASE_MEMORY, ParameterSpec, declare_parameters, qos_parameters, qos_profile
 from pcic_ros.ros.rate_control import RateController
 from pcic_ros.ros.tf_buffer import TransformError
 from pcic_ros.ros.time_sync import ApproximateTimePairer
@@ -63,72 +62,79 @@ class _Job:
     scan_frame_id: str
 
 
+#: The encoder's parameters (config/encoder.yaml sets each).
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("model", "hyper-pc-vr", "codec model (pcic_ros.codec.zoo names, e.g. hyper-pc-vr, hyper-vr)"),
+    ParameterSpec(
+        "quality", 4.0, "highest quality to use: 1..4 for a single-rate model, 0..5 for a variable-rate one", 0, 5
+    ),
+    ParameterSpec(
+        "min_quality", 1.0, "lowest quality rate control may fall back to (a whole number for single-rate)", 0, 5
+    ),
+    ParameterSpec("device", "", "torch device: cpu, cuda, or empty for cuda when available"),
+    ParameterSpec("checkpoint", "", "weights file for model at quality; empty: shipped weights"),
+    ParameterSpec("effort", 0, "latent refinement steps per frame (HYPER family); 0: one-pass encoder", 0),
+    ParameterSpec(
+        "effort_budget",
+        0.0,
+        "seconds of refinement one frame may take at most; 0: no cap. Frames arriving meanwhile wait in "
+        "the work queue, which drops its oldest",
+        0,
+    ),
+    ParameterSpec("sync_queue_size", 10, "messages kept per input by the image/scan pairing", 1),
+    ParameterSpec("sync_slop", 0.05, "a paired image and scan differ in stamp by less than this, seconds (as slop)", 0),
+    ParameterSpec(
+        "scan_timeout", 0.3, "seconds past the slop an image waits for its scan before it is sent without", 0
+    ),
+    ParameterSpec("fixed_extrinsic", [0.0], "row-major 4x4 T_camera_lidar instead of TF; [0.0] means use TF"),
+    ParameterSpec("target_bitrate", 0.0, "bits per second to stay under; 0 disables rate control", 0),
+    ParameterSpec("burst_seconds", 1.0, "seconds of target_bitrate that one burst may use", 0.001),
+    ParameterSpec("work_queue_size", 2, "images waiting for the encoder; more drop the oldest", 1),
+    ParameterSpec("statistics_period", 1.0, "seconds between CodecStatistics messages", 0.01),
+    RELEASE_MEMORY,
+    ParameterSpec("problem_log_period", 10.0, "seconds between log lines about one input problem", 0),
+    *qos_parameters("input", "best_effort", 5, "the camera and LiDAR subscriptions"),
+    *qos_parameters("output", "best_effort", 5, "the compressed frame publisher"),
+)
+
+
 class EncoderNode(Node):
     def __init__(self) -> None:
         super().__init__("pcic_encoder")
-        model = declare(
-            self, "model", "hyper-pc-vr", "codec model (pcic_ros.codec.zoo names, e.g. hyper-pc-vr, hyper-vr)"
-        )
-        best = declare(
-            self, "quality", 4.0, "highest quality to use: 1..4 for a single-rate model, 0..5 for a variable-rate one"
-        )
-        lowest = declare(
-            self, "min_quality", 1.0, "lowest quality rate control may fall back to (a whole number for single-rate)"
-        )
-        device = declare(self, "device", "", "torch device: cpu, cuda, or empty for cuda when available")
-        checkpoint = declare(self, "checkpoint", "", "weights file for model at quality; empty: shipped weights")
-        effort = declare(self, "effort", 0, "latent refinement steps per frame (HYPER family); 0: one-pass encoder")
-        self._effort_budget_s = declare(
-            self,
-            "effort_budget",
-            0.0,
-            "seconds of refinement one frame may take at most; 0: no cap. Frames arriving meanwhile wait in "
-            "the work queue, which drops its oldest",
-        )
-        queue_size = declare(self, "sync_queue_size", 10, "messages kept per input by the image/scan pairing")
-        slop = declare(
-            self, "sync_slop", 0.05, "a paired image and scan differ in stamp by less than this, seconds (as slop)"
-        )
-        self._scan_timeout_s = declare(
-            self, "scan_timeout", 0.3, "seconds past the slop an image waits for its scan before it is sent without"
-        )
-        fixed = declare(
-            self, "fixed_extrinsic", [0.0], "row-major 4x4 T_camera_lidar instead of TF; [0.0] means use TF"
-        )
-        target = declare(self, "target_bitrate", 0.0, "bits per second to stay under; 0 disables rate control")
-        burst = declare(self, "burst_seconds", 1.0, "seconds of target_bitrate that one burst may use")
-        work_queue = declare(self, "work_queue_size", 2, "images waiting for the encoder; more drop the oldest")
-        stats_period = declare(self, "statistics_period", 1.0, "seconds between CodecStatistics messages")
-        self._release_memory = declare(self, "release_memory", True, RELEASE_MEMORY_DESCRIPTION)
-        log_period = declare(self, "problem_log_period", 10.0, "seconds between log lines about one input problem")
-        input_qos = qos_from_parameters(self, "input", "best_effort", 5, "the camera and LiDAR subscriptions")
-        output_qos = qos_from_parameters(self, "output", "best_effort", 5, "the compressed frame publisher")
+        p = declare_parameters(self, PARAMETERS, "EncoderParameters")
+        if p.min_quality > p.quality:
+            raise InvalidArgumentError(f"parameter min_quality ({p.min_quality:g}) exceeds quality ({p.quality:g})")
+        self._effort_budget_s = p.effort_budget
+        self._scan_timeout_s = p.scan_timeout
+        self._release_memory = p.release_memory
+        input_qos = qos_profile(p.input_reliability, p.input_depth)
+        output_qos = qos_profile(p.output_reliability, p.output_depth)
 
-        device = device or default_device()
-        self._codec = Codec(model, best, device=device, checkpoint=checkpoint or None)
-        self._model = model
+        device = p.device or default_device()
+        self._codec = Codec(p.model, p.quality, device=device, checkpoint=p.checkpoint or None)
+        self._model = p.model
         # A bad effort or quality range stops the node at start, not every frame.
-        self._effort = self._codec.check_effort(effort)
+        self._effort = self._codec.check_effort(p.effort)
         continuous = self._codec.variable_rate
-        self._rate = RateController(lowest, best, float(target), float(burst), continuous=continuous)
-        self._codec.at_quality(lowest)
+        self._rate = RateController(p.min_quality, p.quality, p.target_bitrate, p.burst_seconds, continuous=continuous)
+        self._codec.at_quality(p.min_quality)
         if not self._codec.variable_rate:
             # Every step of the ladder loads its own network: now, not when a frame first needs it.
-            for quality in range(int(lowest), int(best)):
+            for quality in range(int(p.min_quality), int(p.quality)):
                 self._codec.at_quality(quality)
         self._pairer: ApproximateTimePairer[Image, PointCloud2] = ApproximateTimePairer(
-            int(queue_size), int(slop * 1e9)
+            p.sync_queue_size, int(p.sync_slop * 1e9)
         )
-        self._calibration = CalibrationSource(self, [] if list(fixed) == [0.0] else list(fixed))
-        self._problems = ProblemReporter(self, float(log_period))
-        self._stats = StatisticsCollector(target_bits_per_second=float(target), current_quality=float(best))
-        self._stats_period = float(stats_period)
+        self._calibration = CalibrationSource(self, [] if list(p.fixed_extrinsic) == [0.0] else list(p.fixed_extrinsic))
+        self._problems = ProblemReporter(self, p.problem_log_period)
+        self._stats = StatisticsCollector(target_bits_per_second=p.target_bitrate, current_quality=p.quality)
+        self._stats_period = p.statistics_period
         self._lock = threading.Lock()
         # Pairs whose calibration (CameraInfo, TF) is not there yet: callbacks of different topics run in
         # no fixed order, so the first scan can beat the first CameraInfo or /tf_static. Such a pair waits
         # up to scan_timeout (from when it was first tried) before it is sent without the scan.
         self._awaiting_calibration: list[tuple[int, Image, PointCloud2]] = []
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=int(work_queue))
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=p.work_queue_size)
 
         self._publisher = self.create_publisher(CompressedFrame, "compressed", output_qos)
         self._stats_publisher = self.create_publisher(CodecStatistics, "statistics", QoSProfile(depth=10))
@@ -139,7 +145,7 @@ class EncoderNode(Node):
         self.create_timer(self._stats_period, self._publish_statistics)
         self._worker = threading.Thread(target=self._work, name="pcic_encoder_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"encoding with {model} q{lowest:g}..q{best:g} on {device}")
+        self.get_logger().info(f"encoding with {p.model} q{p.min_quality:g}..q{p.quality:g} on {device}")
 
     # --- pairing (executor thread) -------------------------------------------------------------------
 

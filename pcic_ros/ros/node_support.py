@@ -1,4 +1,4 @@
-"""What the encoder and decoder nodes share: parameters, QoS, calibration from CameraInfo and TF,
+"""What the encoder and decoder nodes share: calibration from CameraInfo and TF,
 problem reporting and the statistics message."""
 
 from __future__ import annotations
@@ -14,26 +14,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CameraInfo
 
 from pcic_ros.codec.projection import Calibration
-from pcic_ros.errors import InvalidArgumentError
+from pcic_ros.errors import InvalidArgumentError, PcicError
 from pcic_ros.msg import CodecStatistics
 from pcic_ros.ros.messages import CameraInfoError
 from pcic_ros.ros.tf_buffer import TransformBuffer, TransformError, frame_calibration
 
 __all__ = [
-    "declare",
-    "qos_from_parameters",
     "CalibrationSource",
     "ProblemReporter",
     "StatisticsCollector",
     "spin_node",
     "put_newest",
-    "RELEASE_MEMORY_DESCRIPTION",
 ]
 
 #: Input problems counted in CodecStatistics, by field name.
@@ -47,45 +44,6 @@ PROBLEM_FIELDS = (
     "corrupt_message",
     "scan_timeout",
 )
-
-
-#: The ``release_memory`` parameter of both nodes.
-RELEASE_MEMORY_DESCRIPTION = (
-    "after each frame, give the heap pages it freed back to the kernel (malloc_trim): resident memory stays "
-    "flat for a few percent of coding time; false keeps glibc's default, under which it creeps up"
-)
-
-
-def declare(node: Node, name: str, default: object, description: str) -> object:
-    """Declare a parameter with its description and return its value.
-
-    A parameter with a float default also takes an integer (``target_bitrate:=2000000`` on the
-    ``ros2 launch`` command line is one, and rclpy would refuse it for a DOUBLE parameter) and returns
-    it as a float; anything but a number is refused with the parameter's name.
-    """
-    floating = isinstance(default, float)
-    descriptor = ParameterDescriptor(description=description, dynamic_typing=floating)
-    value = node.declare_parameter(name, default, descriptor).value
-    if not floating:
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError(f"parameter {name} must be a number, got {value!r}")
-    return float(value)
-
-
-def qos_from_parameters(node: Node, prefix: str, reliability: str, depth: int, what: str) -> QoSProfile:
-    """A QoS profile from the parameters ``<prefix>_reliability`` and ``<prefix>_depth``."""
-    chosen = declare(node, f"{prefix}_reliability", reliability, f"QoS reliability of {what}: best_effort or reliable")
-    history = declare(node, f"{prefix}_depth", depth, f"QoS history depth of {what}")
-    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
-    if chosen not in policies:
-        raise InvalidArgumentError(f"parameter {prefix}_reliability must be best_effort or reliable, got '{chosen}'")
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=int(history),
-        reliability=policies[chosen],
-        durability=DurabilityPolicy.VOLATILE,
-    )
 
 
 class CalibrationSource:
@@ -245,7 +203,8 @@ class _Stopped(Exception):
 
 def spin_node(create: Callable[[], Node], args: list[str] | None) -> int:
     """Run a node until SIGINT or SIGTERM: both end it with status 0 within about STOP_GRACE_S, as a
-    launcher expects, even while it is loading its model or coding a frame."""
+    launcher expects, even while it is loading its model or coding a frame. A node that cannot start
+    with its parameters says why in one line and returns 2."""
     rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = None
     stop = threading.Event()
@@ -267,6 +226,11 @@ def spin_node(create: Callable[[], Node], args: list[str] | None) -> int:
             executor.spin_once(timeout_sec=0.1)
     except _Stopped:
         pass
+    except (PcicError, ParameterException) as error:
+        # A configuration the node cannot run with (a parameter out of range, a model it lacks): one
+        # line naming it, and a failing exit status for the launcher, rather than a traceback.
+        print(f"[{create.__name__}] cannot start: {error}", file=sys.stderr)
+        return 2
     finally:
         if node is not None:
             close = getattr(node, "close", None)
