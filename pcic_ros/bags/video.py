@@ -36,7 +36,6 @@ class SideBySideVideo:
             raise InvalidArgumentError(f"--video {path}: give a .mp4 or .avi file name")
         # Most encoders want even sides: the panels are padded by a row or column where needed.
         self.width, self.height = width + width % 2, height + height % 2
-        self.path = path
         fourcc = cv2.VideoWriter_fourcc(*_FOURCC[path.suffix.lower()])
         self._writer = cv2.VideoWriter(str(path), fourcc, fps, (self.width, 2 * self.height))
         if not self._writer.isOpened():

@@ -113,13 +113,12 @@ def image_to_rgb(msg: object) -> np.ndarray:
         # cv_bridge's 16 -> 8 bit conversion: x * 255 / 65535, rounded.
         pixels = cv2.convertScaleAbs(samples.astype(np.float32), alpha=255.0 / 65535.0)
     else:
-        pixels = np.ascontiguousarray(rows).reshape(
-            (height, width, pixel_bytes) if pixel_bytes > 1 else (height, width)
-        )
+        # Still a view of the message's buffer (rows keep their step), which rclpy may reuse.
+        pixels = rows.reshape((height, width, pixel_bytes) if pixel_bytes > 1 else (height, width))
     if height == 0 or width == 0:
         return np.zeros((height, width, 3), np.uint8)
-    # A copy either way: rows is a view of the message's buffer, which rclpy may reuse.
-    return pixels.copy() if conversion is None else cv2.cvtColor(pixels, conversion)
+    # One copy out of the buffer either way: np.array's, or OpenCV's output.
+    return np.array(pixels) if conversion is None else cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
 
 
 def camera_projection(info: object, width: int, height: int) -> np.ndarray:

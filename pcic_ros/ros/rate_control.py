@@ -81,12 +81,6 @@ class RateController:
             self._last_s = now_s
         return self._bits if self.limited else float("inf")
 
-    def predicted_bits(self, quality: float) -> float | None:
-        """The size a frame is expected to have at ``quality``; None before the first frame."""
-        if self._reference is None:
-            return None
-        return self._reference * 2.0 ** (self.slope * (quality - self.highest))
-
     def choose(self, now_s: float, below: float | None = None) -> float | None:
         """The quality to code a frame at ``now_s`` with: the best predicted to fit (the highest while
         nothing is known). ``below`` is the quality just tried for this frame and found too large; the
